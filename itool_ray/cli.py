@@ -1,0 +1,163 @@
+"""The ``itool`` command: run | warmup | iterate | eval | serve | data | model | config.
+
+Config-driven subcommands take ``--config PRESET_OR_FILE`` plus dotted overrides such as
+``--mcts.num_children 4`` or ``--train.lr=1e-6``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from itool_ray.config import PRESETS, Config, ConfigError, load_config
+
+EXIT_USAGE = 2  # bad config, bad input, bad flags
+EXIT_UNAVAILABLE = 3  # a stage this version does not provide yet
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", "--preset", dest="config", default="quickstart",
+                   help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default: quickstart)")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    cfgp = _config_parent()
+    p = argparse.ArgumentParser(prog="itool", description="iTool on Ray: make LLMs better at tool use.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[cfgp], help="the whole loop: warm-up → iterations → report (resumable)")
+    r.add_argument("--restart-from", metavar="STAGE", help="redo this stage and every stage after it")
+
+    sub.add_parser("warmup", parents=[cfgp], help="easy→hard warm-up SFT alone")
+    it = sub.add_parser("iterate", parents=[cfgp], help="one stage of an iteration alone")
+    it.add_argument("--stage", choices=["mine", "search", "pairs", "train"], required=True)
+    it.add_argument("--iteration", type=int, default=1)
+
+    ev = sub.add_parser("eval", parents=[cfgp], help="evaluate a checkpoint on held-out samples or BFCL")
+    ev.add_argument("--model", required=True, help="checkpoint directory")
+    ev.add_argument("--data", required=True, help="a Samples file, or bfcl:CATEGORIES")
+
+    sv = sub.add_parser("serve", parents=[cfgp], help="OpenAI-compatible endpoint for a checkpoint (Ray Serve)")
+    sv.add_argument("--model", required=True)
+
+    data = sub.add_parser("data", help="synthesise, check and convert tool-use data")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    syn = dsub.add_parser("synth", help="generate synthetic samples (deterministic by seed)")
+    syn.add_argument("--n", type=int, required=True)
+    syn.add_argument("--out", required=True, help=".jsonl or .parquet")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--split", choices=["train", "heldout"], default="train")
+    syn.add_argument("--categories", help="comma-separated subset (default: all)")
+    chk = dsub.add_parser("check", help="load a dataset and report malformed records")
+    chk.add_argument("spec", help="FILE.jsonl|.json|.parquet, toolace:PATH, xlam:PATH, bfcl:CATS, hf:ID")
+    chk.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    cv = dsub.add_parser("convert", help="load a dataset and write it as Samples")
+    cv.add_argument("spec")
+    cv.add_argument("--out", required=True)
+    cv.add_argument("--strict", action="store_true")
+    cv.add_argument("--limit", type=int)
+
+    model = sub.add_parser("model", help="prepare models")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    imp = msub.add_parser("import-embedded", help="convert the embedded SmolLM2-135M-Instruct GGUF to a HF directory")
+    imp.add_argument("--data-dir", default=None, help="cache directory (default: run.data_dir of the config)")
+    tiny = msub.add_parser("tiny", help="build the tiny random test model")
+    tiny.add_argument("--data-dir", default=None)
+
+    c = sub.add_parser("config", help="show the resolved config")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    csub.add_parser("show", parents=[cfgp], help="print the resolved config as YAML")
+    return p
+
+
+def _unavailable(what: str, issue: str) -> int:
+    print(f"itool: {what} is not built yet ({issue}).", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from itool_ray.data.io import write_samples
+
+    if args.data_command == "synth":
+        from itool_ray.data.synth import generate
+
+        cats = args.categories.split(",") if args.categories else None
+        samples = generate(args.n, seed=args.seed, split=args.split, categories=cats)
+        write_samples(samples, args.out)
+        print(f"wrote {len(samples)} {args.split} samples to {args.out}")
+        return 0
+    from itool_ray.data.loaders import load_samples
+
+    samples, report = load_samples(args.spec, strict=args.strict, limit=getattr(args, "limit", None))
+    print(report.summary())
+    if args.data_command == "convert":
+        write_samples(samples, args.out)
+        print(f"wrote {len(samples)} samples to {args.out}")
+    return 0 if samples or report.n_read == 0 else 1
+
+
+def _cmd_model(args: argparse.Namespace, cfg: Config) -> int:
+    from itool_ray.models import import_embedded, resolve_model
+
+    data_dir = args.data_dir or cfg.run.data_dir
+    if args.model_command == "import-embedded":
+        print(import_embedded(data_dir))
+    else:
+        print(resolve_model("tiny", data_dir=data_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from itool_ray.data.io import DatasetError
+    from itool_ray.pipeline import StageUnavailable
+    from itool_ray.rundir import RunDirError
+
+    try:
+        if rest and not hasattr(args, "config"):
+            raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+        cfg = load_config(getattr(args, "config", "quickstart"), rest)
+        if args.command == "config":
+            print(cfg.to_yaml(), end="")
+            return 0
+        if args.command == "data":
+            return _cmd_data(args)
+        if args.command == "model":
+            return _cmd_model(args, cfg)
+        if args.command == "run":
+            from itool_ray.pipeline import run_pipeline
+
+            run = run_pipeline(cfg, restart_from=args.restart_from)
+            print(f"run directory: {run.uri}")
+            return 0
+        if args.command == "warmup":
+            return _unavailable("itool warmup", "warm-up SFT, issue #5")
+        if args.command == "iterate":
+            return _unavailable(f"itool iterate --stage {args.stage}", "issues #3–#5")
+        if args.command == "eval":
+            return _unavailable("itool eval", "evaluation, issue #6")
+        if args.command == "serve":
+            return _unavailable("itool serve", "serving, issue #6")
+    except ConfigError as e:
+        print(f"itool: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatasetError, RunDirError, FileNotFoundError) as e:
+        print(f"itool: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StageUnavailable as e:
+        print(f"itool: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        print("itool: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

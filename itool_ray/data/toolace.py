@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from itool_ray.data.schema import SampleError
+from itool_ray.toolcall import ToolCallParseError, parse
 
 _ROLES = {
     "user": "user",
@@ -94,9 +95,11 @@ def _tool(raw: dict[str, Any]) -> dict[str, Any]:
 
 def convert_row(row: Any, *, row_id: str) -> list[dict[str, Any]]:
     """Sample dicts (without category: the loader infers it) for one ToolACE row."""
-    from itool_ray.toolcall import ToolCallParseError, parse
-
-    if not (isinstance(row, dict) and isinstance(row.get("system"), str) and isinstance(row.get("conversations"), list)):
+    if not (
+        isinstance(row, dict)
+        and isinstance(row.get("system"), str)
+        and isinstance(row.get("conversations"), list)
+    ):
         raise SampleError("a ToolACE row needs 'system' (string) and 'conversations' (list)")
     tools = [_tool(t) for t in extract_tools(row["system"])]
     names = [t["name"] for t in tools if isinstance(t.get("name"), str)]
@@ -108,7 +111,9 @@ def convert_row(row: Any, *, row_id: str) -> list[dict[str, Any]]:
             raise SampleError(f"conversations[{i}] needs 'from' and a string 'value'")
         role = _ROLES.get(str(turn.get("from", "")).lower())
         if role is None:
-            raise SampleError(f"conversations[{i}].from must be user|assistant|tool, got {turn.get('from')!r}")
+            raise SampleError(
+                f"conversations[{i}].from must be user|assistant|tool, got {turn.get('from')!r}"
+            )
         text = turn["value"]
         if role == "assistant":
             stripped = text.strip()

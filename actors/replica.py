@@ -1,0 +1,171 @@
+"""PolicyReplica: one Ray actor hosting one generation engine (DESIGN §4, policy replicas).
+
+    engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
+    replica = PolicyReplica.options(**replica_options(cfg.replicas, engine_cfg)).remote(model_dir, engine_cfg)
+    ray.get(replica.ready.remote())
+
+The actor restarts on failure (``max_restarts`` from config) but never retries a task itself
+(``max_task_retries=0``): the ReplicaPool does the retrying, so it can move a request to a survivor.
+A restarted actor comes back with the weights it was constructed with; ``sync`` brings it to a version.
+``stats``/``ready`` run in their own concurrency group, so they answer while a batch is generating.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from itool_ray.config import EngineConfig, ReplicaConfig
+from itool_ray.engines import resolve_kind
+from itool_ray.engines.base import EngineError, GenerationRequest, GenerationResult
+
+BASE_VERSION = "base"
+
+
+def replica_options(rcfg: ReplicaConfig, engine_cfg: EngineConfig) -> dict[str, Any]:
+    """Ray actor options for one replica: resources, restart policy and environment, from config.
+
+    A GPU replica takes ``num_gpus`` (at least ``tensor_parallel_size``: one GPU per shard). A CPU
+    replica takes ``num_cpus`` cores and starts with the thread settings its engine needs before torch
+    is imported (vLLM's ``cpu_env``). Several CPU replicas share a node's cores, so vLLM's
+    multi-process mode must not pin them all to the same cores ("nobind").
+    """
+    options: dict[str, Any] = {
+        "num_cpus": rcfg.num_cpus,
+        "num_gpus": max(rcfg.num_gpus, rcfg.tensor_parallel_size) if rcfg.num_gpus > 0 else 0,
+        "max_restarts": rcfg.max_restarts,
+        "max_task_retries": 0,
+    }
+    if rcfg.num_gpus == 0:
+        env = {"OMP_NUM_THREADS": str(engine_cfg.cpu_threads)}
+        if resolve_kind(engine_cfg.kind) == "vllm":
+            from itool_ray.engines.vllm import cpu_env
+
+            env = cpu_env(engine_cfg)
+            if rcfg.num_replicas > 1:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        options["runtime_env"] = {"env_vars": env}
+    return options
+
+
+def cpu_engine_config(engine_cfg: EngineConfig, rcfg: ReplicaConfig) -> EngineConfig:
+    """A CPU replica's engine uses its configured threads, but no more than the cores Ray reserved for it."""
+    if rcfg.num_gpus > 0:
+        return engine_cfg
+    threads = max(1, min(engine_cfg.cpu_threads, int(rcfg.num_cpus)))
+    return engine_cfg.model_copy(update={"cpu_threads": threads})
+
+
+@ray.remote(concurrency_groups={"control": 1})
+class PolicyReplica:
+    """Hosts one engine; serves batches of generation and scoring; reloads weights in place."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        engine_cfg: EngineConfig,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        version: str = BASE_VERSION,
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
+        from itool_ray.engines import make_engine
+
+        self.started = time.time()
+        self.engine = make_engine(
+            engine_cfg.kind, model_dir, engine_cfg, dtype=dtype, seed=seed, **(engine_kwargs or {})
+        )
+        self.version = version
+        self.requests = 0
+        self.completions = 0
+        self.tokens = 0
+        self.batches = 0
+        self.scored = 0
+        self.in_flight = 0
+        self.errors = 0
+        self.busy_s = 0.0
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        self.in_flight += len(requests)
+        try:
+            results = self.engine.generate(requests)
+        except Exception:
+            self.errors += 1
+            raise
+        finally:
+            self.in_flight -= len(requests)
+            self.busy_s += time.perf_counter() - t0
+        self.batches += 1
+        self.requests += len(requests)
+        for r in results:
+            self.completions += len(r.completions)
+            self.tokens += sum(len(c.token_ids) for c in r.completions)
+        return results
+
+    def score(self, pairs: list[tuple[str | list[int], str | list[int]]]) -> list[list[float]]:
+        """Continuation token logprobs for each (prompt, continuation) pair."""
+        t0 = time.perf_counter()
+        self.in_flight += len(pairs)
+        try:
+            batch = getattr(self.engine, "score_batch", None)
+            out = batch(pairs) if batch else [self.engine.score(p, c) for p, c in pairs]
+        except Exception:
+            self.errors += 1
+            raise
+        finally:
+            self.in_flight -= len(pairs)
+            self.busy_s += time.perf_counter() - t0
+        self.scored += len(pairs)
+        return out
+
+    def load_weights(self, checkpoint_dir: str, version: str) -> str:
+        """Reload the weights from a Hugging Face checkpoint; returns the version now served."""
+        try:
+            self.engine.load_weights(checkpoint_dir)
+        except Exception as e:
+            self.errors += 1
+            self.version = f"broken:{version}"  # a reload that failed part-way leaves the engine unusable
+            if isinstance(e, EngineError):
+                raise
+            raise EngineError(f"replica pid {os.getpid()}: reload of {checkpoint_dir} failed: {e}") from e
+        self.version = version
+        return version
+
+    def sync(self, checkpoint_dir: str | None, version: str) -> str:
+        """Serve ``version``: reload ``checkpoint_dir`` unless already there (after a restart, say)."""
+        if self.version != version:
+            if checkpoint_dir is None:
+                raise EngineError(
+                    f"replica pid {os.getpid()}: serves {self.version!r}, cannot return to {version!r}"
+                )
+            self.load_weights(checkpoint_dir, version)
+        return self.version
+
+    @ray.method(concurrency_group="control")
+    def ready(self) -> dict[str, Any]:
+        """Answers once the engine is built: pid, node and the weights version."""
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": self.version}
+
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "requests": self.requests,
+            "completions": self.completions,
+            "tokens": self.tokens,
+            "batches": self.batches,
+            "scored": self.scored,
+            "in_flight": self.in_flight,
+            "errors": self.errors,
+            "busy_s": round(self.busy_s, 3),
+            "uptime_s": round(time.time() - self.started, 3),
+        }
+
+    def close(self) -> None:
+        self.engine.close()

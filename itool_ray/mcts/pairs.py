@@ -1,0 +1,273 @@
+"""Preference pairs from searched trees (step level) and from mined deficiencies (ground truth).
+
+Every pair is TRL's conversational preference format plus metadata (DESIGN §3)::
+
+    {"prompt":   [*sample.messages, {"role": "assistant", "content": PREFIX}],
+     "chosen":   [{"role": "assistant", "content": CHOSEN}],
+     "rejected": [{"role": "assistant", "content": REJECTED}],
+     "tools":    sample.tools,
+     "meta":     {sample_id, iteration, depth, q_chosen, q_rejected, origin, prefix, reward_chosen, reward_rejected}}
+
+The last prompt message is ALWAYS a partial assistant answer (PREFIX, "" for ground-truth pairs and for
+pairs that diverge at the first step). A chat template would close that turn, so the trainer must not
+render it as a message; it renders (``pair_texts`` does exactly this)::
+
+    prompt text   = render_prompt(tokenizer, tools, prompt[:-1]) + meta["prefix"]
+    chosen text   = CHOSEN + end_of_turn(tokenizer)        (same for rejected)
+
+so PREFIX + CHOSEN is a complete answer and the losses see only the diverging continuations.
+
+Step-level pairs: at every node with two or more children, the best child by Q against the worst, kept
+when the Q gap >= ``q_gap``, the two steps differ (ignoring whitespace), and the chosen Q >= ``q_floor``.
+Each side is its child's step continued by the best complete rollout under that child. A pair is also
+dropped when the rejected side's rollout scored at least as well as the chosen side's: the text pair
+would then teach the model to avoid an answer that is not worse. ``depth`` = steps in the shared prefix.
+
+Ground-truth pairs: the ground-truth answer against the policy's answer found deficient by mining, with
+an empty prefix (depth 0); skipped when the policy answer is in fact right (reward 1.0) or identical.
+
+Caps: at most ``max_per_sample`` pairs per sample and ``max_per_iteration`` in all, preferring the
+largest Q gaps (ground-truth pairs rank by 1 - reward of the deficient answer); exact duplicates (same
+prompt, chosen, rejected and tools) are kept once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from itool_ray.config import PairsConfig
+from itool_ray.data.schema import Sample
+from itool_ray.mcts.search import ScoreFn, default_score
+from itool_ray.mcts.tree import DONE, Node, Tree
+
+MCTS, GROUND_TRUTH = "mcts", "ground_truth"
+_EPS = 1e-9  # Q values are means of floats: a gap of exactly q_gap must not fall short by rounding
+
+
+@dataclass
+class PairStats:
+    trees: int = 0
+    trees_skipped: int = 0  # failed trees yield no pairs
+    sibling_sets: int = 0  # nodes with >= 2 children
+    no_rollout: int = 0  # fewer than two children with a complete rollout
+    small_gap: int = 0
+    same_step: int = 0
+    below_floor: int = 0
+    rollout_not_worse: int = 0
+    gt_candidates: int = 0
+    gt_not_deficient: int = 0  # the policy answer was right (or the ground truth itself)
+    duplicates: int = 0
+    over_sample_cap: int = 0
+    over_iteration_cap: int = 0
+    mcts_pairs: int = 0
+    ground_truth_pairs: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _pair(
+    sample: Sample,
+    prefix: str,
+    chosen: str,
+    rejected: str,
+    *,
+    iteration: int,
+    depth: int,
+    q_chosen: float,
+    q_rejected: float,
+    reward_chosen: float,
+    reward_rejected: float,
+    origin: str,
+) -> dict[str, Any]:
+    return {
+        "prompt": [*(dict(m) for m in sample.messages), {"role": "assistant", "content": prefix}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "tools": sample.tools,
+        "meta": {
+            "sample_id": sample.id,
+            "iteration": iteration,
+            "depth": depth,
+            "q_chosen": q_chosen,
+            "q_rejected": q_rejected,
+            "origin": origin,
+            "prefix": prefix,
+            "reward_chosen": reward_chosen,
+            "reward_rejected": reward_rejected,
+        },
+    }
+
+
+def _same_step(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def step_pairs(
+    tree: Tree, sample: Sample, cfg: PairsConfig, *, iteration: int, stats: PairStats | None = None
+) -> list[dict[str, Any]]:
+    """All step-level pairs of one tree that pass the gap, step and floor rules (no caps, no dedup)."""
+    stats = stats if stats is not None else PairStats()
+    if tree.sample_id != sample.id:
+        raise ValueError(f"tree of sample {tree.sample_id!r} paired with sample {sample.id!r}")
+    out = []
+    for node in tree.nodes:
+        kids = tree.children(node)
+        if len(kids) < 2:
+            continue
+        stats.sibling_sets += 1
+        kids = [c for c in kids if c.best_rollout is not None and c.visits > 0]
+        if len(kids) < 2:
+            stats.no_rollout += 1
+            continue
+        best: Node = max(kids, key=lambda c: c.value)  # ties: the earlier child
+        worst: Node = min(reversed(kids), key=lambda c: c.value)  # ties: the later child
+        if best is worst or best.value - worst.value < cfg.q_gap - _EPS:
+            stats.small_gap += 1
+            continue
+        if _same_step(best.step, worst.step):
+            stats.same_step += 1
+            continue
+        if best.value < cfg.q_floor - _EPS:
+            stats.below_floor += 1
+            continue
+        if worst.best_reward >= best.best_reward:
+            stats.rollout_not_worse += 1
+            continue
+        prefix = tree.prefix(node)
+        out.append(
+            _pair(
+                sample,
+                prefix,
+                best.best_rollout[len(prefix) :],
+                worst.best_rollout[len(prefix) :],
+                iteration=iteration,
+                depth=node.depth,
+                q_chosen=best.value,
+                q_rejected=worst.value,
+                reward_chosen=best.best_reward,
+                reward_rejected=worst.best_reward,
+                origin=MCTS,
+            )
+        )
+    return out
+
+
+def ground_truth_pair(
+    sample: Sample,
+    policy_answer: str,
+    *,
+    iteration: int,
+    score: ScoreFn | None = None,
+    stats: PairStats | None = None,
+) -> dict[str, Any] | None:
+    """Ground truth (chosen) vs the policy's deficient answer (rejected), empty prefix; None when the
+    policy answer is right after all."""
+    from itool_ray.prompts import render_answer
+
+    stats = stats if stats is not None else PairStats()
+    score = score or default_score
+    stats.gt_candidates += 1
+    truth = render_answer(sample.answer)
+    q_truth, q_policy = float(score(truth, sample)), float(score(policy_answer, sample))
+    if q_policy >= 1.0 or _same_step(truth, policy_answer):
+        stats.gt_not_deficient += 1
+        return None
+    return _pair(
+        sample,
+        "",
+        truth,
+        policy_answer,
+        iteration=iteration,
+        depth=0,
+        q_chosen=q_truth,
+        q_rejected=q_policy,
+        reward_chosen=q_truth,
+        reward_rejected=q_policy,
+        origin=GROUND_TRUTH,
+    )
+
+
+def _key(pair: dict[str, Any]) -> str:
+    parts = [pair["prompt"], pair["chosen"], pair["rejected"], pair["tools"]]
+    return json.dumps(parts, sort_keys=True, ensure_ascii=False)
+
+
+def _gap(pair: dict[str, Any]) -> float:
+    return pair["meta"]["q_chosen"] - pair["meta"]["q_rejected"]
+
+
+def build_pairs(
+    trees: Iterable[Tree],
+    samples: Mapping[str, Sample],
+    cfg: PairsConfig,
+    *,
+    iteration: int,
+    deficient: Iterable[tuple[Sample, str]] = (),
+    score: ScoreFn | None = None,
+) -> tuple[list[dict[str, Any]], PairStats]:
+    """Step pairs from every done tree, plus ground-truth pairs from ``deficient`` (sample, policy answer)
+    when ``cfg.ground_truth_pairs``; dedup, then the per-sample and per-iteration caps.
+
+    Output order: samples in first-seen order, each sample's pairs by decreasing gap.
+    """
+    stats = PairStats()
+    by_sample: dict[str, list[dict[str, Any]]] = {}
+    for tree in trees:
+        stats.trees += 1
+        if tree.status != DONE:
+            stats.trees_skipped += 1
+            continue
+        if tree.sample_id not in samples:
+            raise KeyError(
+                f"tree for sample {tree.sample_id!r} has no sample in the given samples (wrong split?)"
+            )
+        by_sample.setdefault(tree.sample_id, []).extend(
+            step_pairs(tree, samples[tree.sample_id], cfg, iteration=iteration, stats=stats)
+        )
+    if cfg.ground_truth_pairs:
+        for sample, answer in deficient:
+            pair = ground_truth_pair(sample, answer, iteration=iteration, score=score, stats=stats)
+            if pair is not None:
+                by_sample.setdefault(sample.id, []).append(pair)
+
+    seen: set[str] = set()
+    ranked: list[tuple[int, int, dict[str, Any]]] = []  # (sample order, rank in sample, pair)
+    for s_order, pairs in enumerate(by_sample.values()):
+        unique = []
+        for p in pairs:
+            k = _key(p)
+            if k in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(k)
+            unique.append(p)
+        unique.sort(key=lambda p: (-_gap(p), p["meta"]["depth"]))  # stable: tree order breaks ties
+        stats.over_sample_cap += max(0, len(unique) - cfg.max_per_sample)
+        ranked.extend((s_order, r, p) for r, p in enumerate(unique[: cfg.max_per_sample]))
+    if len(ranked) > cfg.max_per_iteration:
+        stats.over_iteration_cap = len(ranked) - cfg.max_per_iteration
+        ranked = sorted(ranked, key=lambda t: (-_gap(t[2]), t[0], t[1]))[: cfg.max_per_iteration]
+    ranked.sort(key=lambda t: (t[0], t[1]))
+    out = [p for _, _, p in ranked]
+    stats.mcts_pairs = sum(p["meta"]["origin"] == MCTS for p in out)
+    stats.ground_truth_pairs = len(out) - stats.mcts_pairs
+    return out, stats
+
+
+def pair_texts(pair: dict[str, Any], tokenizer: Any, *, style: str = "compact") -> dict[str, str]:
+    """The plain-text prompt/chosen/rejected a trainer feeds to a preference loss (see module docstring)."""
+    from itool_ray.prompts import end_of_turn, render_prompt
+
+    *messages, partial = pair["prompt"]
+    if partial.get("role") != "assistant":
+        raise ValueError("a pair's prompt must end with the partial assistant answer (role 'assistant')")
+    eot = end_of_turn(tokenizer)
+    return {
+        "prompt": render_prompt(tokenizer, pair["tools"], messages, style=style) + partial["content"],
+        "chosen": pair["chosen"][0]["content"] + eot,
+        "rejected": pair["rejected"][0]["content"] + eot,
+    }

@@ -1,0 +1,200 @@
+"""Deficiency mining, the pure part (DESIGN §1): per-sample records, the deficiency rule, the summary.
+
+    row = mine_record(sample, greedy, sampled, gt_logprobs)     # in the Ray Data UDF, one per sample
+    rows = apply_rule(rows, ratio=0.3, rule="wrong_or_hard")     # on the driver: needs every perplexity
+    summary = summarize(rows)
+
+A sample is deficient when the policy answers it wrongly (the greedy answer or any sampled answer has
+reward < 1, i.e. is not an exact match), or when its ground truth is among the hardest ``ratio`` of its
+group by perplexity under the policy. Groups are "has a call" and "no call" (the right answer is ``[]``),
+ranked separately as in the paper, so the many easy no-call samples do not crowd out the call samples.
+
+Rows are flat dicts of Arrow-friendly values (strings, numbers, booleans, lists of them); the Sample
+travels as JSON text in ``sample`` because tool schemas differ from row to row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from itool_ray.data.schema import Sample
+
+Rule = Literal["wrong_or_hard", "wrong", "hard"]
+# rule -> the reasons that make a sample deficient under it
+RULE_REASONS: dict[str, tuple[str, ...]] = {
+    "wrong_or_hard": ("wrong", "hard"),
+    "wrong": ("wrong",),
+    "hard": ("hard",),
+}
+
+# Columns of a mined row, in output order.
+COLUMNS = (
+    "id",
+    "category",
+    "difficulty",
+    "has_call",
+    "greedy_text",
+    "greedy_score",
+    "greedy_exact",
+    "sampled_texts",
+    "sampled_scores",
+    "sampled_exact",
+    "gt_tokens",
+    "gt_logprob",
+    "gt_perplexity",
+    "wrong",
+    "hard",
+    "deficient",
+    "reason",
+    "sample",
+)
+
+
+def perplexity(logprobs: Sequence[float]) -> float:
+    """exp(-mean token logprob) of a continuation; the ground truth's difficulty under the policy."""
+    if not logprobs:
+        raise ValueError("perplexity of an empty continuation: the ground-truth text scored to no tokens")
+    return math.exp(-math.fsum(logprobs) / len(logprobs))
+
+
+def mine_record(
+    sample: Sample,
+    greedy_text: str,
+    sampled_texts: Sequence[str],
+    gt_logprobs: Sequence[float],
+) -> dict[str, Any]:
+    """One sample's scores: greedy and sampled answers with their rewards, ground-truth perplexity.
+
+    ``hard``/``deficient``/``reason`` are placeholders until ``apply_rule`` sees every record.
+    """
+    from itool_ray.reward import match
+
+    greedy = match(greedy_text, sample)
+    sampled = [match(t, sample) for t in sampled_texts]
+    wrong = not greedy.exact or not all(m.exact for m in sampled)
+    return {
+        "id": sample.id,
+        "category": sample.category,
+        "difficulty": sample.difficulty or "",
+        "has_call": bool(sample.answer),
+        "greedy_text": greedy_text,
+        "greedy_score": float(greedy.score),
+        "greedy_exact": bool(greedy.exact),
+        "sampled_texts": list(sampled_texts),
+        "sampled_scores": [float(m.score) for m in sampled],
+        "sampled_exact": [bool(m.exact) for m in sampled],
+        "gt_tokens": len(gt_logprobs),
+        "gt_logprob": math.fsum(gt_logprobs),
+        "gt_perplexity": perplexity(gt_logprobs),
+        "wrong": wrong,
+        "hard": False,
+        "deficient": False,
+        "reason": "",
+        "sample": sample.to_json(),
+    }
+
+
+def hardest_ids(rows: Iterable[dict[str, Any]], ratio: float) -> set[str]:
+    """Ids whose ground truth is among the hardest ``ratio`` by perplexity, per has-call/no-call group.
+
+    ``floor(ratio * group size)`` per group, so the kept fraction never exceeds ``ratio``; ties are
+    broken by id so the choice does not depend on the order rows arrived in.
+    """
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"mining ratio must be in [0, 1], got {ratio}")
+    groups: dict[bool, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[bool(r["has_call"])].append(r)
+    out: set[str] = set()
+    for group in groups.values():
+        k = math.floor(ratio * len(group) + 1e-9)
+        ranked = sorted(group, key=lambda r: (-r["gt_perplexity"], r["id"]))
+        out.update(r["id"] for r in ranked[:k])
+    return out
+
+
+def apply_rule(
+    rows: Sequence[dict[str, Any]], *, ratio: float, rule: Rule = "wrong_or_hard"
+) -> list[dict[str, Any]]:
+    """New rows with ``hard``, ``deficient`` and ``reason`` ("wrong", "hard", "wrong+hard" or "") set.
+
+    ``hard`` is recorded under every rule (it is a fact about the sample); ``deficient`` follows ``rule``.
+    Duplicate ids are an error: a sample mined twice would be counted twice.
+    """
+    if rule not in RULE_REASONS:
+        raise ValueError(f"unknown mining rule {rule!r} (rules: {', '.join(RULE_REASONS)})")
+    seen: set[str] = set()
+    for r in rows:
+        if r["id"] in seen:
+            raise ValueError(f"sample {r['id']!r} was mined twice: sample ids must be unique")
+        seen.add(r["id"])
+    hard = hardest_ids(rows, ratio)
+    out = []
+    for r in rows:
+        is_hard = r["id"] in hard
+        hits = {"wrong": r["wrong"], "hard": is_hard}
+        reasons = [name for name in RULE_REASONS[rule] if hits[name]]
+        out.append({**r, "hard": is_hard, "deficient": bool(reasons), "reason": "+".join(reasons)})
+    return out
+
+
+def _accuracy(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    sampled_exact = [e for r in rows for e in r["sampled_exact"]]
+    sampled_scores = [s for r in rows for s in r["sampled_scores"]]
+    return {
+        "n": n,
+        "greedy_accuracy": sum(r["greedy_exact"] for r in rows) / n if n else None,
+        "greedy_mean_score": math.fsum(r["greedy_score"] for r in rows) / n if n else None,
+        "sampled_accuracy": sum(sampled_exact) / len(sampled_exact) if sampled_exact else None,
+        "sampled_mean_score": math.fsum(sampled_scores) / len(sampled_scores) if sampled_scores else None,
+        "deficient": sum(r["deficient"] for r in rows),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and accuracies for the report: overall, by category, by has-call group; deficient by reason."""
+    by_reason: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["deficient"]:
+            by_reason[r["reason"]] += 1
+    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_category[r["category"]].append(r)
+        by_group["call" if r["has_call"] else "no_call"].append(r)
+    groups = {}
+    for name, group in sorted(by_group.items()):
+        ppl = [r["gt_perplexity"] for r in group]
+        hard = [r["gt_perplexity"] for r in group if r["hard"]]
+        groups[name] = {
+            **_accuracy(group),
+            "hard": len(hard),
+            "median_gt_perplexity": _median(ppl),
+            "hard_threshold_perplexity": min(hard) if hard else None,
+        }
+    return {
+        **_accuracy(rows),
+        "wrong": sum(r["wrong"] for r in rows),
+        "hard": sum(r["hard"] for r in rows),
+        "deficient_by_reason": dict(sorted(by_reason.items())),
+        "by_category": {name: _accuracy(group) for name, group in sorted(by_category.items())},
+        "by_group": groups,
+    }
+
+
+def deficient_samples(rows: Iterable[dict[str, Any]]) -> list[Sample]:
+    """The deficient rows' Samples (what the MCTS stage searches), in row order."""
+    return [Sample.model_validate(json.loads(r["sample"])) for r in rows if r["deficient"]]

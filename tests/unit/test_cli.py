@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from itool_ray.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+
+
+def test_config_show_prints_resolved_overrides(capsys):
+    assert main(["config", "show", "--config", "tiny", "--mcts.num_children", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "num_children: 5" in out
+
+
+def test_unknown_override_key_exits_with_usage_error(capsys):
+    assert main(["config", "show", "--mcts.num_childs", "5"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "mcts.num_childs: unknown key" in err
+
+
+def test_bad_value_exits_with_usage_error_naming_the_key(capsys):
+    assert main(["config", "show", "--engine.kind", "tensorrt"]) == EXIT_USAGE
+    assert "engine.kind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["serve", "--model", "x"], ["eval", "--model", "x", "--data", "y"]])
+def test_stages_not_built_say_so_and_fail(argv, capsys):
+    assert main(argv) == EXIT_UNAVAILABLE
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_data_synth_writes_deterministic_jsonl(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["data", "synth", "--n", "20", "--out", str(a), "--seed", "3"]) == 0
+    assert main(["data", "synth", "--n", "20", "--out", str(b), "--seed", "3"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    rows = [json.loads(line) for line in a.read_text().splitlines()]
+    assert len(rows) == 20 and all(r["source"] for r in rows)
+
+
+def test_data_check_reports_malformed_lines(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    assert main(["data", "synth", "--n", "3", "--out", str(good)]) == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + '{"id": "x", "tools": [\n')
+    capsys.readouterr()
+    assert main(["data", "check", str(bad)]) == 0
+    out = capsys.readouterr()
+    assert "3" in out.out and "skipped" in (out.out + out.err).lower()
+    assert main(["data", "check", str(bad), "--strict"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert ":4" in err or "line 4" in err

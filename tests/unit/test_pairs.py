@@ -1,0 +1,232 @@
+"""Preference pairs from hand-built trees: the gap/floor/step rules, caps, dedup, ground-truth pairs."""
+
+from __future__ import annotations
+
+import pytest
+
+from itool_ray.config import PairsConfig
+from itool_ray.data.schema import Sample
+from itool_ray.mcts import Tree, build_pairs, ground_truth_pair, pair_texts, step_pairs
+from itool_ray.prompts import render_answer
+
+PREFIX = '[get_weather(city="Paris",'
+C_STEP, F_STEP = ' unit="celsius")]', ' unit="fahrenheit")]'
+CELSIUS, FAHRENHEIT = PREFIX + C_STEP, PREFIX + F_STEP
+
+
+def sample(sid: str = "w0") -> Sample:
+    return Sample(
+        id=sid,
+        tools=[
+            {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            }
+        ],
+        messages=[
+            {
+                "role": "user",
+                "content": "Weather in Paris, in celsius?" + ("" if sid == "w0" else f" ({sid})"),
+            }
+        ],
+        answer=[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}],
+    )
+
+
+def fork_tree(c_rewards=(1.0, 1.0), f_rewards=(0.5,), sid: str = "w0", c_step=C_STEP, f_step=F_STEP) -> Tree:
+    """root -> PREFIX -> {c_step, f_step}; every rollout of a child is that child's own answer."""
+    tree = Tree(sid, status="done")
+    fork = tree.add_child(tree.root, PREFIX)
+    c = tree.add_child(fork, c_step)
+    f = tree.add_child(fork, f_step)
+    for r in c_rewards:
+        tree.backup(c, r, PREFIX + c_step)
+    for r in f_rewards:
+        tree.backup(f, r, PREFIX + f_step)
+    return tree
+
+
+def only(pairs):
+    assert len(pairs) == 1, pairs
+    return pairs[0]
+
+
+def test_step_pair_prefers_the_higher_q_child_and_shares_the_prefix():
+    s = sample()
+    pair = only(step_pairs(fork_tree(), s, PairsConfig(), iteration=2))
+    assert pair["prompt"] == [*s.messages, {"role": "assistant", "content": PREFIX}]
+    assert pair["chosen"] == [{"role": "assistant", "content": C_STEP}]
+    assert pair["rejected"] == [{"role": "assistant", "content": F_STEP}]
+    assert pair["tools"] == s.tools
+    assert pair["meta"] == {
+        "sample_id": "w0",
+        "iteration": 2,
+        "depth": 1,
+        "q_chosen": 1.0,
+        "q_rejected": 0.5,
+        "origin": "mcts",
+        "prefix": PREFIX,
+        "reward_chosen": 1.0,
+        "reward_rejected": 0.5,
+    }
+
+
+def test_best_and_worst_of_three_children_are_paired():
+    tree = fork_tree(c_rewards=(1.0,), f_rewards=(0.0,))
+    mid = tree.add_child(tree.nodes[1], ' unit="kelvin")]')
+    tree.backup(mid, 0.5, PREFIX + ' unit="kelvin")]')
+    pair = only(step_pairs(tree, sample(), PairsConfig(), iteration=1))
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == (C_STEP, F_STEP)
+
+
+def test_continuations_are_the_best_rollouts_under_each_child():
+    tree = Tree("w0", status="done")
+    a = tree.add_child(tree.root, "[get_weather(")
+    b = tree.add_child(tree.root, "[get_time(")
+    tree.backup(a, 0.5, '[get_weather(city="Rome")]')
+    tree.backup(a, 1.0, '[get_weather(city="Paris", unit="celsius")]')
+    tree.backup(b, 0.0, '[get_time(tz="CET")]')
+    pair = only(step_pairs(tree, sample(), PairsConfig(), iteration=1))
+    assert pair["meta"]["prefix"] == "" and pair["meta"]["depth"] == 0
+    assert pair["chosen"][0]["content"] == '[get_weather(city="Paris", unit="celsius")]'
+    assert pair["rejected"][0]["content"] == '[get_time(tz="CET")]'
+
+
+def test_small_q_gap_is_dropped_and_an_exact_gap_is_kept():
+    pairs, stats = build_pairs(
+        [fork_tree(c_rewards=(0.55,), f_rewards=(0.5,))],
+        {"w0": sample()},
+        PairsConfig(q_floor=0),
+        iteration=1,
+    )
+    assert pairs == [] and stats.small_gap == 1
+    pairs, _ = build_pairs(
+        [fork_tree(c_rewards=(0.6,), f_rewards=(0.5,))], {"w0": sample()}, PairsConfig(q_floor=0), iteration=1
+    )
+    assert len(pairs) == 1  # 0.6 - 0.5 is 0.0999… in floats; still the configured gap of 0.1
+
+
+def test_chosen_below_the_floor_is_dropped():
+    tree = fork_tree(c_rewards=(0.4,), f_rewards=(0.0,))
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(q_floor=0.5), iteration=1)
+    assert pairs == [] and stats.below_floor == 1
+    pairs, _ = build_pairs([tree], {"w0": sample()}, PairsConfig(q_floor=0.4), iteration=1)
+    assert len(pairs) == 1
+
+
+def test_steps_that_differ_only_in_whitespace_are_no_pair():
+    tree = fork_tree(c_step=C_STEP, f_step="  " + C_STEP.strip())
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(), iteration=1)
+    assert pairs == [] and stats.same_step == 1
+
+
+def test_a_rejected_side_whose_best_rollout_is_as_good_is_dropped():
+    tree = fork_tree(c_rewards=(1.0, 1.0, 1.0), f_rewards=(0.0, 0.0))
+    f = tree.nodes[3]
+    tree.backup(f, 1.0, PREFIX + ' unit="fahrenheit", x=1)]')  # Q_f = 1/3, best rollout 1.0
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(), iteration=1)
+    assert pairs == [] and stats.rollout_not_worse == 1
+
+
+def test_children_without_a_complete_rollout_are_not_paired():
+    tree = Tree("w0", status="done")
+    a = tree.add_child(tree.root, "[a(")
+    b = tree.add_child(tree.root, "[b(")
+    tree.backup(a, 1.0, "[a()]")
+    tree.backup(b, 0.0, None)  # truncated by the token budget
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(), iteration=1)
+    assert pairs == [] and stats.no_rollout == 1
+
+
+def two_fork_tree(sid: str = "w0") -> Tree:
+    """Forks at the root (gap 2.5/3 - 0) and one step deeper (gap 1.0 - 0.5)."""
+    tree = fork_tree(c_rewards=(1.0, 1.0), f_rewards=(0.5,), sid=sid)
+    other = tree.add_child(tree.root, "[get_time(")
+    tree.backup(other, 0.0, '[get_time(tz="CET")]')
+    tree.backup(other, 0.0, '[get_time(tz="UTC")]')
+    return tree
+
+
+def test_per_sample_cap_keeps_the_largest_gaps():
+    tree = two_fork_tree()
+    assert len(step_pairs(tree, sample(), PairsConfig(), iteration=1)) == 2
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(max_per_sample=1), iteration=1)
+    pair = only(pairs)
+    assert pair["meta"]["depth"] == 0 and pair["meta"]["q_rejected"] == 0.0
+    assert stats.over_sample_cap == 1
+
+
+def test_per_iteration_cap_keeps_the_largest_gaps_in_sample_order():
+    trees = [fork_tree(c_rewards=(1.0,), f_rewards=(r,), sid=f"s{i}") for i, r in enumerate((0.6, 0.0, 0.3))]
+    samples = {f"s{i}": sample(f"s{i}") for i in range(3)}
+    pairs, stats = build_pairs(trees, samples, PairsConfig(max_per_iteration=2), iteration=1)
+    assert [p["meta"]["sample_id"] for p in pairs] == ["s1", "s2"]
+    assert stats.over_iteration_cap == 1 and stats.mcts_pairs == 2
+
+
+def test_duplicate_pairs_are_kept_once():
+    tree = fork_tree()
+    pairs, stats = build_pairs([tree, tree], {"w0": sample()}, PairsConfig(), iteration=1)
+    assert len(pairs) == 1 and stats.duplicates == 1
+
+
+def test_failed_trees_give_no_pairs():
+    tree = fork_tree()
+    tree.status = "failed"
+    pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(), iteration=1)
+    assert pairs == [] and stats.trees_skipped == 1
+
+
+def test_a_tree_without_its_sample_is_an_error():
+    with pytest.raises(KeyError, match="'w0' has no sample"):
+        build_pairs([fork_tree()], {}, PairsConfig(), iteration=1)
+
+
+# -- ground-truth pairs ----------------------------------------------------------------------------------
+def unit_score(text: str, s: Sample) -> float:
+    return 1.0 if "celsius" in text else 0.5 if "fahrenheit" in text else 0.0
+
+
+def test_ground_truth_pair_prefers_the_ground_truth_with_an_empty_prefix():
+    s = sample()
+    pair = ground_truth_pair(s, FAHRENHEIT, iteration=3, score=unit_score)
+    assert pair["prompt"] == [*s.messages, {"role": "assistant", "content": ""}]
+    assert pair["chosen"][0]["content"] == render_answer(s.answer)
+    assert pair["rejected"][0]["content"] == FAHRENHEIT
+    meta = pair["meta"]
+    assert (meta["origin"], meta["depth"], meta["prefix"], meta["iteration"]) == ("ground_truth", 0, "", 3)
+    assert (meta["q_chosen"], meta["q_rejected"]) == (1.0, 0.5)
+
+
+def test_no_ground_truth_pair_when_the_policy_answer_is_right():
+    assert ground_truth_pair(sample(), CELSIUS, iteration=1, score=unit_score) is None
+
+
+def test_build_pairs_adds_ground_truth_pairs_unless_disabled():
+    s = sample()
+    args = dict(iteration=1, deficient=[(s, FAHRENHEIT)], score=unit_score)
+    pairs, stats = build_pairs([fork_tree()], {"w0": s}, PairsConfig(), **args)
+    assert sorted(p["meta"]["origin"] for p in pairs) == ["ground_truth", "mcts"]
+    assert (stats.mcts_pairs, stats.ground_truth_pairs) == (1, 1)
+    pairs, _ = build_pairs([fork_tree()], {"w0": s}, PairsConfig(ground_truth_pairs=False), **args)
+    assert [p["meta"]["origin"] for p in pairs] == ["mcts"]
+
+
+# -- how a trainer renders a pair --------------------------------------------------------------------------
+class ChatMLTokenizer:
+    name_or_path = "fake-chatml"
+    eos_token = "<|im_end|>"
+    all_special_tokens = ["<|im_start|>", "<|im_end|>"]
+
+    def apply_chat_template(self, chat, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def test_pair_texts_continue_the_partial_answer_instead_of_closing_it():
+    pair = only(step_pairs(fork_tree(), sample(), PairsConfig(), iteration=1))
+    texts = pair_texts(pair, ChatMLTokenizer())
+    assert texts["prompt"].endswith(
+        "Weather in Paris, in celsius?<|im_end|>\n<|im_start|>assistant\n" + PREFIX
+    )
+    assert texts["chosen"] == C_STEP + "<|im_end|>" and texts["rejected"] == F_STEP + "<|im_end|>"

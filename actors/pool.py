@@ -82,6 +82,7 @@ class ReplicaPool:
         self.recovery_timeout_s = recovery_timeout_s
         self.version = BASE_VERSION
         self.weights_dir: str | None = None  # None = the weights the replicas were built with
+        self.generation = 0  # bumped by every reload; replicas ignore stale reload and sync calls
         if kind is not None:
             engine_cfg = engine_cfg.model_copy(update={"kind": kind})
         engine_cfg = cpu_engine_config(engine_cfg, replica_cfg)
@@ -173,10 +174,10 @@ class ReplicaPool:
         home = self._homes.get(key)
         return home.index if home is not None else None
 
-    def release(self, keys: Sequence[Hashable]) -> None:
-        """Forget finished keys (trees), so they no longer count towards their replica's load."""
+    def release(self, keys: Sequence[Hashable] | None = None) -> None:
+        """Forget finished keys (trees; None: all), so they no longer count towards their replica's load."""
         with self._lock:
-            for key in keys:
+            for key in list(self._homes) if keys is None else keys:
                 home = self._homes.pop(key, None)
                 if home is not None:
                     home.keys -= 1
@@ -204,7 +205,9 @@ class ReplicaPool:
         """Queue the call that brings a failed replica back. A call to a restarting actor fails at once
         with ActorUnavailableError, so this one call is retried by Ray until the actor is alive again
         (or dead for good: ActorDiedError)."""
-        return r.handle.sync.options(max_task_retries=-1).remote(self.weights_dir, self.version)
+        return r.handle.sync.options(max_task_retries=-1).remote(
+            self.weights_dir, self.version, self.generation
+        )
 
     def _settle(self, r: _Replica) -> None:
         """Record the outcome of a finished recovery call."""
@@ -316,8 +319,15 @@ class ReplicaPool:
         version = version or checkpoint_dir
         with self._lock:
             self.weights_dir, self.version = checkpoint_dir, version
+            self.generation += 1
             targets = [r for r in self.replicas if r.state != DEAD]
-            refs = {r.handle.load_weights.remote(checkpoint_dir, version): r for r in targets}
+            # Retried by Ray if the actor dies mid-reload: the restarted actor then reloads from scratch.
+            refs = {
+                r.handle.load_weights.options(max_task_retries=-1).remote(
+                    checkpoint_dir, version, self.generation
+                ): r
+                for r in targets
+            }
         versions: dict[int, str] = {}
         failed: list[str] = []
         for ref, r in refs.items():

@@ -80,6 +80,7 @@ class PolicyReplica:
             engine_cfg.kind, model_dir, engine_cfg, dtype=dtype, seed=seed, **(engine_kwargs or {})
         )
         self.version = version
+        self.generation = 0  # reloads applied (the pool's count, see load_weights)
         self.requests = 0
         self.completions = 0
         self.tokens = 0
@@ -123,8 +124,14 @@ class PolicyReplica:
         self.scored += len(pairs)
         return out
 
-    def load_weights(self, checkpoint_dir: str, version: str) -> str:
-        """Reload the weights from a Hugging Face checkpoint; returns the version now served."""
+    def load_weights(self, checkpoint_dir: str, version: str, generation: int | None = None) -> str:
+        """Reload the weights from a Hugging Face checkpoint; returns the version now served.
+
+        ``generation`` orders reloads: a call older than the weights held is stale (a retried or late
+        call) and changes nothing. Without it the reload always happens.
+        """
+        if generation is not None and generation <= self.generation:
+            return self.version
         try:
             self.engine.load_weights(checkpoint_dir)
         except Exception as e:
@@ -134,16 +141,15 @@ class PolicyReplica:
                 raise
             raise EngineError(f"replica pid {os.getpid()}: reload of {checkpoint_dir} failed: {e}") from e
         self.version = version
+        self.generation = generation if generation is not None else self.generation + 1
         return version
 
-    def sync(self, checkpoint_dir: str | None, version: str) -> str:
-        """Serve ``version``: reload ``checkpoint_dir`` unless already there (after a restart, say)."""
-        if self.version != version:
+    def sync(self, checkpoint_dir: str | None, version: str, generation: int) -> str:
+        """Serve at least reload ``generation`` (after a restart the actor is back at its first weights)."""
+        if generation > self.generation:
             if checkpoint_dir is None:
-                raise EngineError(
-                    f"replica pid {os.getpid()}: serves {self.version!r}, cannot return to {version!r}"
-                )
-            self.load_weights(checkpoint_dir, version)
+                raise EngineError(f"replica pid {os.getpid()}: no checkpoint given for version {version!r}")
+            self.load_weights(checkpoint_dir, version, generation)
         return self.version
 
     @ray.method(concurrency_group="control")
@@ -156,6 +162,7 @@ class PolicyReplica:
         return {
             "pid": os.getpid(),
             "version": self.version,
+            "generation": self.generation,
             "requests": self.requests,
             "completions": self.completions,
             "tokens": self.tokens,

@@ -31,27 +31,33 @@ RULE_REASONS: dict[str, tuple[str, ...]] = {
     "hard": ("hard",),
 }
 
-# Columns of a mined row, in output order.
-COLUMNS = (
-    "id",
-    "category",
-    "difficulty",
-    "has_call",
-    "greedy_text",
-    "greedy_score",
-    "greedy_exact",
-    "sampled_texts",
-    "sampled_scores",
-    "sampled_exact",
-    "gt_tokens",
-    "gt_logprob",
-    "gt_perplexity",
-    "wrong",
-    "hard",
-    "deficient",
-    "reason",
-    "sample",
-)
+
+def arrow_schema() -> Any:  # -> pyarrow.Schema
+    """Arrow types of a mined row, in output order (the Parquet file's schema)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("category", pa.string()),
+            ("difficulty", pa.string()),
+            ("has_call", pa.bool_()),
+            ("greedy_text", pa.string()),
+            ("greedy_score", pa.float64()),
+            ("greedy_exact", pa.bool_()),
+            ("sampled_texts", pa.list_(pa.string())),
+            ("sampled_scores", pa.list_(pa.float64())),
+            ("sampled_exact", pa.list_(pa.bool_())),
+            ("gt_tokens", pa.int64()),
+            ("gt_logprob", pa.float64()),
+            ("gt_perplexity", pa.float64()),
+            ("wrong", pa.bool_()),
+            ("hard", pa.bool_()),
+            ("deficient", pa.bool_()),
+            ("reason", pa.string()),
+            ("sample", pa.string()),  # the Sample as JSON text: tool schemas differ from row to row
+        ]
+    )
 
 
 def perplexity(logprobs: Sequence[float]) -> float:

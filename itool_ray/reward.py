@@ -119,13 +119,10 @@ class _Param:
     def __init__(self, accepted: list[Any], spec: Mapping[str, Any] | None):
         self.accepted = accepted
         self.optional = "" in accepted
-        desc = spec.get("type") if isinstance(spec, Mapping) else None
-        self.desc = desc if isinstance(desc, str) else None
+        self.desc = _type_name(spec)
         self.expected = _TYPES.get(self.desc) if self.desc else None
-        self.nested = None
-        if self.desc in _SEQUENCE_TYPES and isinstance(spec.get("items"), Mapping):
-            item_type = spec["items"].get("type")
-            self.nested = _TYPES.get(item_type) if isinstance(item_type, str) else None
+        item_type = _type_name(spec.get("items")) if self.desc in _SEQUENCE_TYPES else None
+        self.nested = _TYPES.get(item_type) if item_type else None
         self.float_like = self.desc in _FLOAT_LIKE
         self.pa_type = _first_type(accepted)
         self.is_var = self.pa_type is not None and self.pa_type is not self.expected
@@ -174,8 +171,13 @@ def _functions(tools: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [t["function"] if t.get("type") == "function" and "function" in t else t for t in tools]
 
 
-def _is_dict_type(spec: Mapping[str, Any] | None) -> bool:
-    return isinstance(spec, Mapping) and spec.get("type") in ("dict", "object")
+def _type_name(spec: Any) -> str | None:
+    t = spec.get("type") if isinstance(spec, Mapping) else None
+    return t if isinstance(t, str) else None
+
+
+def _is_dict_type(spec: Any) -> bool:
+    return _type_name(spec) in ("dict", "object")
 
 
 def _wrap(value: Any, spec: Mapping[str, Any] | None) -> Any:
@@ -183,8 +185,7 @@ def _wrap(value: Any, spec: Mapping[str, Any] | None) -> Any:
     if _is_dict_type(spec) and isinstance(value, dict):
         return {k: [v] for k, v in value.items()}
     if (
-        isinstance(spec, Mapping)
-        and spec.get("type") in _SEQUENCE_TYPES
+        _type_name(spec) in _SEQUENCE_TYPES
         and _is_dict_type(spec.get("items"))
         and isinstance(value, list)
         and all(isinstance(v, dict) for v in value)
@@ -423,22 +424,35 @@ def match(text: str, sample: Any) -> MatchResult:
     if not calls:
         return MatchResult(0.0, False, calls, f"expected {len(expected)} call(s), got none")
 
-    table = [[_score_call(c, e) for c in calls] for e in expected]
-    exact, error = len(calls) == len(expected), None
-    if not exact:
-        error = f"expected {len(expected)} call(s), got {len(calls)}"
-    else:  # BFCL's greedy order-free assignment
+    n, m = len(calls), len(expected)
+    table: dict[tuple[int, int], tuple[float, str | None]] = {}
+
+    def pair(i: int, j: int) -> tuple[float, str | None]:
+        if (i, j) not in table:
+            table[i, j] = _score_call(calls[j], expected[i])
+        return table[i, j]
+
+    error = None
+    if n != m:
+        error = f"expected {m} call(s), got {n}"
+    else:  # BFCL's greedy order-free assignment: each expected call takes the first unused match
         used: set[int] = set()
-        for row in table:
-            j = next((j for j, (_, err) in enumerate(row) if err is None and j not in used), None)
+        for i, e in enumerate(expected):
+            j = next(
+                (
+                    j
+                    for j, c in enumerate(calls)
+                    if j not in used and c.name == e.name and pair(i, j)[1] is None
+                ),
+                None,
+            )
             if j is None:
-                free = [(s, err) for j, (s, err) in enumerate(row) if j not in used]
+                free = [pair(i, j) for j in range(n) if j not in used]
                 error = max(free, key=lambda t: t[0])[1] if free else "no call left to match"
-                exact = False
                 break
             used.add(j)
-    if exact:
-        return MatchResult(1.0, True, calls, None)
-    total = _best_assignment([[s for s, _ in row] for row in table])
-    score = FORMAT_CREDIT + (1.0 - FORMAT_CREDIT) * total / max(len(calls), len(expected))
+        else:
+            return MatchResult(1.0, True, calls, None)
+    total = _best_assignment([[pair(i, j)[0] for j in range(n)] for i in range(m)])
+    score = FORMAT_CREDIT + (1.0 - FORMAT_CREDIT) * total / max(n, m)
     return MatchResult(min(score, NON_EXACT_CAP), False, calls, error)

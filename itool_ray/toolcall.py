@@ -11,7 +11,7 @@ empty text as ``[]``. The size (``max_chars``) and bracket nesting outside strin
 checked before ``ast.parse`` sees the text. Then the tree is walked by hand, accepting only:
 
 - a list of calls whose callee is a name or a dotted name (``math.factorial`` -> ``"math.factorial"``);
-- keyword arguments only (a positional argument is an error; a repeated keyword is a syntax error);
+- keyword arguments only (a positional argument or a repeated keyword is an error);
 - values built from str, int (at most ``MAX_INT_BITS`` bits), finite float, bool, None, lists, tuples
   (kept as tuples, as BFCL does) and dicts with scalar keys, and a unary minus on a number.
 
@@ -328,6 +328,8 @@ def parse(
             for kw in node.keywords:
                 if kw.arg is None:
                     raise ToolCallParseError(f"call {i} ({name}): **unpacking")
+                if kw.arg in args:
+                    raise ToolCallParseError(f"call {i} ({name}): argument '{kw.arg}' repeated")
                 args[kw.arg] = _literal(kw.value, 1, max_depth)
             calls.append(FunctionCall(name, args))
     except ToolCallParseError as e:

@@ -5,13 +5,14 @@ answer has to get right:
 
     1.0   per call                      0.25  per argument
     0.5   per array value               0.75  per object value (also objects inside arrays)
-    2.0   per reasoning tag             0.5   per tool shown but not called (distractors)
+    2.25  per reasoning tag             0.5   per tool shown but not called (distractors)
     1.0   when the right answer is no call
 
-Levels by fixed thresholds: ``easy`` below 2.0, ``medium`` below 3.5, ``hard`` from 3.5. On synthetic
-data that reads: a one- or two-argument simple call is easy (1.25-1.5); one call among distractors, two
-short parallel calls or an irrelevance sample is medium (2.0-3.0); three calls, or any argument that
-needs reasoning, is hard (>= 3.5).
+Levels by fixed thresholds: ``easy`` below 2.0, ``medium`` below 3.5, ``hard`` from 3.5. On the
+synthetic data (default mix) that gives about 23% easy / 38% medium / 39% hard: a simple call with up to
+three plain arguments, a one-argument call beside one distractor, or "no call" beside one tool is easy;
+most ``multiple`` and irrelevance samples and short two-call answers are medium; three calls, long
+two-call answers, and every argument that needs reasoning (>= 1.25 + 2.25) are hard.
 
 ``bucketize`` ignores the thresholds and cuts equal terciles (or as many buckets as names) by any score:
 the structural one by default, or e.g. the policy's perplexity of the ground truth.
@@ -29,7 +30,7 @@ CALL = 1.0
 ARGUMENT = 0.25
 ARRAY = 0.5
 OBJECT = 0.75
-REASONING = 2.0
+REASONING = 2.25
 DISTRACTOR = 0.5
 NO_CALL = 1.0
 EASY_BELOW = 2.0

@@ -149,29 +149,30 @@ _SAY: dict[str, Callable[[Param, Any], str]] = {
 }
 
 
-def _draw(rng: random.Random, pool: tuple[str, ...], avoid: set[str]) -> str:
-    while True:
-        v = rng.choice(pool)
-        if v not in avoid:
-            return v
-
-
 def _value(rng: random.Random, p: Param, avoid: set[str]) -> Any:
-    """A value for ``p``; string pool values are kept distinct within a request through ``avoid``."""
+    """A value for ``p``. Entity values (cities, people, ...) already in ``avoid`` are not drawn again, so
+    one request never names the same city twice (origin and destination, or two listed options)."""
     if p.type == "boolean":
         return rng.random() < 0.5
-    if p.type == "array" and p.pool in LIST_POOLS or p.enum and p.type == "array":
-        choices = p.enum if p.enum else LIST_POOLS[p.pool]  # type: ignore[index]
-        items = rng.sample([c for c in choices if c not in avoid], rng.choice((2, 2, 3)))
-        avoid.update(items)
+    entity = p.pool in ENTITY_POOLS
+    if p.type == "array" and (p.enum or p.pool in LIST_POOLS):
+        choices = p.enum or LIST_POOLS[p.pool]
+        k = rng.choice((2, 2, 3))
+        fresh = [c for c in choices if not entity or c not in avoid]
+        items = rng.sample(fresh if len(fresh) >= k else list(choices), k)
+        if entity:
+            avoid.update(items)
         return items
     if p.enum:
         return rng.choice(p.enum)
     if p.pool in LIST_POOLS:
-        v = _draw(rng, LIST_POOLS[p.pool], avoid)
-        avoid.add(v)
+        v = rng.choice(LIST_POOLS[p.pool])
+        while entity and v in avoid:  # entity pools are much larger than one request's values
+            v = rng.choice(LIST_POOLS[p.pool])
+        if entity:
+            avoid.add(v)
         return v
-    return _GEN[p.pool](rng, p)  # type: ignore[index]
+    return _GEN[p.pool](rng, p)
 
 
 def _say(rng: random.Random, p: Param, v: Any) -> str:
@@ -181,7 +182,7 @@ def _say(rng: random.Random, p: Param, v: Any) -> str:
         return rng.choice(p.say[v])
     if p.type == "array" and p.pool in LIST_POOLS:
         return _join(v)
-    say = _SAY.get(p.pool)  # type: ignore[arg-type]
+    say = _SAY.get(p.pool or "")
     return say(p, v) if say else str(v)
 
 
@@ -209,7 +210,7 @@ def _reason(rng: random.Random, kind: str, p: Param, avoid: set[str]) -> tuple[A
             "meters": (1000, "km", (0.5, 1, 1.5, 2, 2.5, 3, 5, 10)),
             "ml": (1000, "liter", (0.5, 1, 1.5, 2, 2.5)),
             "grams": (1000, "kg", (0.1, 0.2, 0.25, 0.5, 1, 1.5, 2)),
-        }[p.pool]  # type: ignore[index]
+        }[p.pool]
         x = rng.choice(amounts)
         return round(x * factor), f"{x:g} {unit}" if unit in ("km", "kg") else _plural(x, unit), ""
     if kind == "date":
@@ -223,7 +224,7 @@ def _reason(rng: random.Random, kind: str, p: Param, avoid: set[str]) -> tuple[A
         return (today + timedelta(days=days)).isoformat(), text, f"Today is {today.isoformat()}."
     if kind == "context":
         k = rng.choice((2, 3, 3, 4))
-        options = rng.sample([c for c in ENTITY_POOLS[p.pool] if c not in avoid], k)  # type: ignore[index]
+        options = rng.sample([c for c in ENTITY_POOLS[p.pool] if c not in avoid], k)
         avoid.update(options)
         idx = rng.choice([*range(min(k - 1, 3)), k - 1])
         ordinal = "last" if idx == k - 1 and rng.random() < 0.5 or idx == 3 else _ORDINALS[idx]
@@ -254,14 +255,17 @@ def _render(
     return text, {p.name: values[p.name] for p in tool.params if p.name in values}
 
 
-def _follow_on(rng: random.Random, tp: Template, text: str, split: str) -> str:
-    """A later request in a multi-request message: connector + lower-cased first word where safe."""
-    first = tp.parts[0]
-    lower_ok = first[0] != "" or first[1] is None
-    word = text.split(" ", 1)[0]
-    if lower_ok and word != "I" and not word.startswith("I'") and not word.isupper():
-        text = text[0].lower() + text[1:]
-    return rng.choice(CONNECTORS[split]) + text
+def _join_requests(rng: random.Random, requests: list[tuple[Template, str]], split: str) -> str:
+    """One message from several requests: distinct connectors, first word lower-cased where safe."""
+    connectors = rng.sample(CONNECTORS[split], len(requests) - 1)
+    out = [requests[0][1]]
+    for (tp, text), connector in zip(requests[1:], connectors, strict=True):
+        starts_with_text = tp.parts[0][0] != "" or tp.parts[0][1] is None
+        word = text.split(" ", 1)[0]
+        if starts_with_text and word != "I" and not word.startswith("I'") and not word.isupper():
+            text = text[0].lower() + text[1:]
+        out.append(connector + text)
+    return " ".join(out)
 
 
 def _accepted(tool: Tool, args: dict[str, Any]) -> tuple[dict[str, list[Any]], bool]:
@@ -278,6 +282,10 @@ def _accepted(tool: Tool, args: dict[str, Any]) -> tuple[dict[str, list[Any]], b
             out[p.name] = [p.default, ""]
             alternatives = True
     return out, alternatives
+
+
+_Call = tuple[Tool, dict[str, Any]]
+_Draft = tuple[list[Tool], str, list[_Call], list[str]]  # shown tools, request, calls, extra tags
 
 
 class _Generator:
@@ -321,25 +329,25 @@ class _Generator:
         return tools
 
     # -- categories: each returns (shown tools, text, calls [(tool, args)], tags)
-    def simple(self):
+    def simple(self) -> _Draft:
         tool = self.rng.choice(self.tools)
         text, args = _render(self.rng, tool, self._template(tool))
         return [tool], text, [(tool, args)], []
 
-    def multiple(self):
+    def multiple(self) -> _Draft:
         tool = self.rng.choice(self.tools)
         k = self.rng.choices((1, 2, 3), weights=(0.65, 0.25, 0.1))[0]  # short prompts: mostly 2 tools
         distractors = self._distractors([tool], k, same_domain=self.rng.random() < 0.5)
         text, args = _render(self.rng, tool, self._template(tool))
         return self._shown([tool, *distractors]), text, [(tool, args)], []
 
-    def parallel(self):
+    def parallel(self) -> _Draft:
         rng = self.rng
         k = rng.choice((2, 2, 3))
         if rng.random() < 0.6:
             tool = rng.choice(self.fan_tools)
             tp = rng.choice([tp for tp in tool.templates if tool.fan in tp.slots])
-            fan = tool.param(tool.fan)  # type: ignore[arg-type]
+            fan = tool.param(tool.fan)
             avoid: set[str] = set()
             fan_values = [_value(rng, fan, avoid) for _ in range(k)]
             if len(set(fan_values)) < k:  # generated ids can collide
@@ -348,41 +356,41 @@ class _Generator:
             calls = [(tool, {**copy.deepcopy(args), fan.name: v}) for v in fan_values]
             return [tool], text, calls, []
         tool = rng.choice(self.tools)
-        texts: list[str] = []
-        calls: list[tuple[Tool, dict[str, Any]]] = []
-        seen: list[str] = []
-        while len(calls) < k:
+        requests: list[tuple[Template, str]] = []
+        calls: list[_Call] = []
+        avoid: set[str] = set()
+        for _ in range(20 * k):  # a tool with few distinct requests may not give k different calls
             tp = self._template(tool)
-            text, args = _render(rng, tool, tp)
-            key = json.dumps(args, sort_keys=True)
-            if key in seen:
+            text, args = _render(rng, tool, tp, avoid)
+            if any(args == other for _, other in calls):
                 continue
-            seen.append(key)
-            texts.append(text if not calls else _follow_on(rng, tp, text, self.split))
+            requests.append((tp, text))
             calls.append((tool, args))
-        return [tool], " ".join(texts), calls, []
+            if len(calls) == k:
+                return [tool], _join_requests(rng, requests, self.split), calls, []
+        return self.parallel()
 
-    def parallel_multiple(self):
+    def parallel_multiple(self) -> _Draft:
         rng = self.rng
         tools = rng.sample(self.tools, rng.choice((2, 2, 2, 3)))
         if len(tools) == 2 and rng.random() < 0.25:
             tools.insert(rng.randrange(3), rng.choice(tools))
-        texts: list[str] = []
-        calls: list[tuple[Tool, dict[str, Any]]] = []
+        requests: list[tuple[Template, str]] = []
+        calls: list[_Call] = []
         avoid: set[str] = set()
         for tool in tools:
             tp = self._template(tool)
             text, args = _render(rng, tool, tp, avoid)
-            texts.append(text if not calls else _follow_on(rng, tp, text, self.split))
+            requests.append((tp, text))
             calls.append((tool, args))
-        if len(calls) == 3 and calls[0][0] is calls[2][0] and calls[0][1] == calls[2][1]:
+        if any(calls[i] == calls[j] for i in range(len(calls)) for j in range(i)):
             return self.parallel_multiple()
         shown = list(tools)
         if rng.random() < 0.2:
             shown += self._distractors(tools, 1, same_domain=False)
-        return self._shown(shown), " ".join(texts), calls, []
+        return self._shown(shown), _join_requests(rng, requests, self.split), calls, []
 
-    def irrelevance(self):
+    def irrelevance(self) -> _Draft:
         rng = self.rng
         k = rng.choice((1, 1, 2, 2, 3))
         if rng.random() < 0.3:
@@ -396,7 +404,7 @@ class _Generator:
         text, _ = _render(rng, wanted, self._template(wanted))
         return rng.sample(usable, k), text, [], [f"unserved:{wanted.name}"]
 
-    def reasoning_sample(self):
+    def reasoning_sample(self) -> _Draft:
         rng = self.rng
         kind = rng.choice(sorted(self.reasoning))
         tool, tp, p = rng.choice(self.reasoning[kind])

@@ -249,7 +249,16 @@ def _template(text: str | tuple[str, dict[str, Any]]) -> Template:
     return Template(text=text, fixed=dict(fixed), slots=slots, parts=parts)
 
 
-def _tool(name, domain, desc, params, templates, *, split="train", fan=None) -> Tool:  # noqa: ANN001
+def _tool(
+    name: str,
+    domain: str,
+    desc: str,
+    params: list[Param],
+    templates: list[str | tuple[str, dict[str, Any]]],
+    *,
+    split: str = "train",
+    fan: str | None = None,
+) -> Tool:
     return Tool(name, domain, desc, tuple(params), tuple(_template(t) for t in templates), split, fan)
 
 
@@ -541,7 +550,7 @@ TOOLS: tuple[Tool, ...] = (
     _tool("schedule_message", "messaging", "Send a message later.",
           [_str("recipient", "", "person"), _str("text", "", "message"),
            _str("date", _DATE, "date"), _str("time", _TIME, "time")],
-          ['Queue a message to {recipient} for {date} {time}: "{text}"',
+          ['Queue a message to {recipient} {date} {time}: "{text}"',
            'Have "{text}" sent to {recipient} {date} {time}.',
            'Send {recipient} "{text}" later, {date} {time}.'], split="heldout", fan="recipient"),
     # smart home

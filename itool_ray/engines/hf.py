@@ -82,7 +82,9 @@ class HFEngine:
         prompts = [self._prompt_ids(r.prompt, where=f"request {i}") for i, r in enumerate(requests)]
         for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
             if r.n < 1 or r.max_tokens < 1:
-                raise EngineError(f"request {i}: n and max_tokens must be >= 1 (got n={r.n}, max_tokens={r.max_tokens})")
+                raise EngineError(
+                    f"request {i}: n and max_tokens must be >= 1 (got n={r.n}, max_tokens={r.max_tokens})"
+                )
             if len(ids) >= self.cfg.max_model_len:
                 raise EngineError(
                     f"request {i}: prompt of {len(ids)} tokens does not fit engine.max_model_len={self.cfg.max_model_len}"
@@ -130,7 +132,9 @@ class HFEngine:
         with torch.inference_mode():
             ids, mask = self._left_pad(prompts)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+            )
             # Prefill once per request, then one cache row per completion.
             expand = torch.tensor([row.request for row in rows], device=self.device)
             cache = out.past_key_values
@@ -140,7 +144,9 @@ class HFEngine:
             active = list(range(len(rows)))  # indices into rows, aligned with the batch dimension
 
             while True:
-                next_ids = self._sample(logits, [rows[a] for a in active], [requests[rows[a].request] for a in active])
+                next_ids = self._sample(
+                    logits, [rows[a] for a in active], [requests[rows[a].request] for a in active]
+                )
                 keep = []
                 for b, a in enumerate(active):
                     if not self._finished(rows[a], requests[rows[a].request], next_ids[b]):
@@ -156,12 +162,18 @@ class HFEngine:
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 pos = pos + 1
                 out = self.model(
-                    input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+                    input_ids=step,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
                 )
                 cache, logits = out.past_key_values, out.logits[:, -1, :]
         return rows
 
-    def _sample(self, logits: Any, rows: list[_Row], requests: list[GenerationRequest]) -> list[tuple[int, float]]:
+    def _sample(
+        self, logits: Any, rows: list[_Row], requests: list[GenerationRequest]
+    ) -> list[tuple[int, float]]:
         import torch
 
         logits = logits.float()
@@ -222,7 +234,10 @@ class HFEngine:
             lens.append(len(c))
         out: list[list[float]] = []
         for start in range(0, len(seqs), self.max_batch_rows):
-            batch, clens = seqs[start : start + self.max_batch_rows], lens[start : start + self.max_batch_rows]
+            batch, clens = (
+                seqs[start : start + self.max_batch_rows],
+                lens[start : start + self.max_batch_rows],
+            )
             with torch.inference_mode():
                 ids, mask = self._left_pad(batch)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -245,7 +260,9 @@ class HFEngine:
         try:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch: a different architecture
-            raise EngineError(f"hf engine: checkpoint {checkpoint_dir} does not fit the loaded model: {e}") from e
+            raise EngineError(
+                f"hf engine: checkpoint {checkpoint_dir} does not fit the loaded model: {e}"
+            ) from e
         missing = [k for k in missing if k not in tied]
         if missing or unexpected:
             raise EngineError(
@@ -330,7 +347,9 @@ def _read_safetensors(checkpoint_dir: str) -> dict[str, Any]:
     else:
         files = sorted(p.name for p in root.glob("*.safetensors"))
     if not files:
-        raise EngineError(f"hf engine: no safetensors weights in {checkpoint_dir} (expected a save_pretrained directory)")
+        raise EngineError(
+            f"hf engine: no safetensors weights in {checkpoint_dir} (expected a save_pretrained directory)"
+        )
     state: dict[str, Any] = {}
     for name in files:
         state.update(load_file(os.fspath(root / name)))

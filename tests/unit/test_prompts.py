@@ -94,8 +94,8 @@ def test_compact_prompt_holds_each_tool_as_one_line_of_compact_json(chatml):
         assert name in prompt
     line = tools_json([WEATHER, CLOCK])
     assert f"{COMPACT_INSTRUCTION}\n{line}" in prompt
-    assert "\n" not in line and ", " not in line.replace("Current weather", "") and '": ' not in line
     tools = json.loads(line)
+    assert line == json.dumps(tools, ensure_ascii=False, separators=(",", ":"))  # one line, no padding
     assert tools[1] == {"name": "get_time", "parameters": {"type": "object"}}  # empty fields dropped
     assert tools[0]["parameters"]["properties"]["unit"] == {
         "type": "string",

@@ -87,7 +87,12 @@ def test_categories_and_weights_restrict_the_mix():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"split": "test"}, {"categories": ["nonsense"]}, {"weights": {"simple": -1}}, {"weights": {"simple": 0}}],
+    [
+        {"split": "test"},
+        {"categories": ["nonsense"]},
+        {"weights": {"simple": -1}},
+        {"weights": {"simple": 0}},
+    ],
 )
 def test_bad_options_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -220,7 +225,9 @@ def test_heldout_shares_no_tools_and_no_phrasings_with_train(train, heldout):
     assert {t["name"] for s in train for t in s.tools} <= train_tools
     assert not set(templates_in("train")) & set(templates_in("heldout"))
     # no literal stretch of a train phrasing (between slots) turns up in a held-out request
-    chunks = {c.strip() for tp in templates_in("train") for c in re.split(r"\{\w+\}", tp) if len(c.strip()) >= 12}
+    chunks = {
+        c.strip() for tp in templates_in("train") for c in re.split(r"\{\w+\}", tp) if len(c.strip()) >= 12
+    }
     assert chunks
     texts = [s.messages[0]["content"] for s in heldout]
     leaks = sorted(c for c in chunks if any(c in t for t in texts))

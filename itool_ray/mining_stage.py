@@ -1,0 +1,209 @@
+"""Deficiency mining on Ray Data (DESIGN §4): read Samples → map_batches(MiningScorer actors) →
+collect → the deficiency rule (global: needs every perplexity) → one Parquet file, plus a summary.
+
+    summary = run_mining("runs/x/data/train.jsonl", model_dir=ckpt, out_path="runs/x/iter_1/deficient.parquet",
+                         cfg=cfg)
+
+The output holds every sample (``deficient`` and ``reason`` say which are kept); ``itool_ray.mining.
+deficient_samples`` reads the kept ones back as Samples. The scorer actors restart when they die
+(``replicas.max_restarts``) and Ray Data retries the batch they held (``replicas.max_request_retries``),
+so a crashed actor costs time, not samples; the stage still checks that every input sample came out
+exactly once and raises otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from itool_ray.config import Config
+from itool_ray.data.io import JSON_FIELDS, is_local, prune_nulls, suffix
+from itool_ray.data.schema import Sample, SampleError
+from itool_ray.mining import apply_rule, arrow_schema, summarize
+
+log = logging.getLogger(__name__)
+
+
+class MiningError(RuntimeError):
+    """The mining stage could not account for every sample, or its input is unusable."""
+
+
+def _filesystem(path: str) -> tuple[str, Any]:
+    """(path, pyarrow filesystem or None) for Ray Data readers; fsspec URIs go through FSSpecHandler."""
+    if path.startswith("file://"):
+        return path[len("file://") :], None
+    if "://" not in path:
+        return os.path.expanduser(path), None
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return inner, PyFileSystem(FSSpecHandler(fs))
+
+
+def _sample(record: dict[str, Any]) -> Sample:
+    """A Sample record as read: a JSONL object, or a Parquet row with its nested fields as JSON text."""
+    d = prune_nulls(record)
+    for key in JSON_FIELDS:
+        if isinstance(d.get(key), str):
+            d[key] = json.loads(d[key])
+    return Sample.from_dict(d)
+
+
+def _normalise(batch: Any, *, jsonl: bool) -> dict[str, list[str]]:
+    """Ray Data map: JSONL lines (``text``) or Parquet Sample rows -> ``{"id", "sample"}`` rows."""
+    out: dict[str, list[str]] = {"id": [], "sample": []}
+    for rec in batch.to_pylist():
+        try:
+            s = _sample(json.loads(rec["text"]) if jsonl else rec)
+        except (ValueError, SampleError) as e:  # JSONDecodeError is a ValueError
+            raise MiningError(f"mining input: a record is not a Sample: {e}") from e
+        out["id"].append(s.id)
+        out["sample"].append(s.to_json())
+    return out
+
+
+def read_samples(samples_path: str) -> Any:  # -> ray.data.Dataset of {"id", "sample"}
+    """Samples from a .jsonl or .parquet file (or a directory of them), local or any fsspec URI.
+
+    JSONL is read as text lines and parsed per row: Arrow's JSON reader would infer one schema across
+    rows, and tool schemas differ from row to row.
+    """
+    import ray
+
+    ext = suffix(samples_path)
+    path, filesystem = _filesystem(samples_path)
+    if ext == ".parquet":
+        ds = ray.data.read_parquet(path, filesystem=filesystem)
+    elif ext in (".jsonl", ".json"):
+        ds = ray.data.read_text(path, filesystem=filesystem)
+    else:
+        raise MiningError(f"mining input {samples_path}: expected a .jsonl or .parquet file of Samples")
+    return ds.map_batches(_normalise, batch_format="pyarrow", fn_kwargs={"jsonl": ext != ".parquet"})
+
+
+def scorer_remote_args(cfg: Config) -> dict[str, Any]:
+    """Resources and fault tolerance of one scorer actor, from ``cfg.replicas``.
+
+    The actor restarts up to ``max_restarts`` times; a batch whose actor died is retried up to
+    ``max_request_retries`` times (Ray Data's own default is to retry forever).
+    """
+    from actors.replica import cpu_engine_config, replica_options
+
+    options = replica_options(cfg.replicas, cpu_engine_config(cfg.engine, cfg.replicas))
+    options["max_task_retries"] = cfg.replicas.max_request_retries
+    return options
+
+
+def run_mining(
+    samples_path: str,
+    *,
+    model_dir: str,
+    out_path: str,
+    cfg: Config,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Mine ``samples_path`` with the policy in ``model_dir``; write every row to ``out_path`` (Parquet).
+
+    Returns the summary (``itool_ray.mining.summarize`` plus the settings and timings).
+    ``on_batch(rows_done, rows_total)`` is called as mined batches arrive (progress).
+    """
+    import ray
+
+    from actors.mining import MiningScorer
+
+    t0 = time.perf_counter()
+    samples = read_samples(samples_path).materialize()
+    ids = [row["id"] for row in samples.select_columns(["id"]).take_all()]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise MiningError(f"mining input {samples_path}: duplicate sample ids {dupes}: ids must be unique")
+    if not ids:
+        raise MiningError(f"mining input {samples_path}: no samples")
+
+    mined = samples.map_batches(
+        MiningScorer,
+        fn_constructor_args=(model_dir, cfg),
+        batch_size=cfg.mining.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency),
+        **scorer_remote_args(cfg),
+    )
+    rows: list[dict[str, Any]] = []
+    for batch in mined.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows.extend(batch.to_pylist())
+        log.info("mining: %d/%d samples", len(rows), len(ids))
+        if on_batch is not None:
+            on_batch(len(rows), len(ids))
+    t_map = time.perf_counter() - t0
+
+    got = [r["id"] for r in rows]
+    missing, extra = set(ids) - set(got), len(got) - len(set(got))
+    if missing or extra or len(got) != len(ids):
+        raise MiningError(
+            f"mining lost or duplicated samples: {len(ids)} in, {len(got)} out, {len(missing)} missing "
+            f"(e.g. {sorted(missing)[:5]}), {extra} duplicated"
+        )
+    order = {sid: i for i, sid in enumerate(ids)}
+    rows.sort(key=lambda r: order[r["id"]])
+    rows = apply_rule(rows, ratio=cfg.mining.ratio, rule=cfg.mining.rule)
+    _write_parquet(rows, out_path)
+
+    summary = summarize(rows)
+    summary["settings"] = {
+        "rule": cfg.mining.rule,
+        "ratio": cfg.mining.ratio,
+        "samples_per_prompt": cfg.mining.samples_per_prompt,
+        "temperature": cfg.mining.temperature,
+        "concurrency": cfg.mining.concurrency,
+        "model_dir": model_dir,
+    }
+    summary["timing"] = {"map_s": round(t_map, 2), "total_s": round(time.perf_counter() - t0, 2)}
+    summary["output"] = out_path
+    log.info(
+        "mining: %d samples, %d deficient %s, greedy accuracy %.3f (%.1f s)",
+        summary["n"],
+        summary["deficient"],
+        summary["deficient_by_reason"],
+        summary["greedy_accuracy"],
+        t_map,
+    )
+    return summary
+
+
+def _write_parquet(rows: list[dict[str, Any]], out_path: str) -> None:
+    """One Parquet file, atomically: a temporary name then a rename (local), one put (object stores)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), sink)
+    data = sink.getvalue().to_pybytes()
+    if not is_local(out_path):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(out_path)
+        fs.pipe_file(path, data)
+        return
+    target = os.path.expanduser(out_path[len("file://") :] if out_path.startswith("file://") else out_path)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+
+
+def read_mined(path: str) -> list[dict[str, Any]]:
+    """The rows of a mining output file (every sample, with its scores and ``deficient`` flag)."""
+    import pyarrow.parquet as pq
+
+    if is_local(path):
+        return pq.read_table(path[len("file://") :] if path.startswith("file://") else path).to_pylist()
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return pq.read_table(f).to_pylist()

@@ -1,0 +1,353 @@
+"""Ray Train glue: one TorchTrainer run of one TRL trainer, from tokenized rows to a Hugging Face directory.
+
+    result = run_job(job, rows)     # sft.py and preference.py build the job; this runs it
+
+Layout of ``out_dir`` while training, and after::
+
+    out_dir/train_state/            while training (removed on success)
+        job.json                    fingerprint of the job; a different job wipes the folder, the same job
+                                    resumes from its last checkpoint (Ray Train V2 restores the run snapshot)
+        dataset/                    the tokenized rows (Arrow), read by every worker; TRL's precomputed
+                                    reference log-probs are cached next to them
+        train/                      Ray Train run: checkpoint_000002/ … (HF Trainer checkpoints, all ranks merged)
+        export/                     rank 0's final save_model()
+    out_dir/                        after: config.json, model.safetensors, tokenizer files, metrics.json
+
+``out_dir`` must be a path every training worker can write (one node, or a shared filesystem): the
+dataset, TRL's reference-log-prob cache and the export live there.
+
+In each worker (``_train_loop``): ``deepspeed.init_distributed`` first when DeepSpeed is on (the ZeRO-3
+fix, see deepspeed.py), restore the latest Ray checkpoint if this is a restart, build the trainer, train,
+``save_model`` (gathers ZeRO-3 shards), report. Checkpoints are reported by every rank (DeepSpeed writes
+one optimizer shard per rank; Ray merges them) after the steps the job names; a restarted worker group
+(``FailureConfig(max_failures)``) resumes the HF Trainer from the merged checkpoint: weights, optimizer,
+scheduler, RNG and data position. ``num_workers: 0`` runs the same loop in the driver process (Ray Train
+V2 local mode; no DeepSpeed there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from itool_ray.config import DistributedConfig, LoraConfig
+from itool_ray.train.common import METRICS_FILE, TrainError, TrainResult
+from itool_ray.train.deepspeed import GRADIENT_CLIPPING, build_deepspeed_config, init_deepspeed_comm
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "train_state"
+# Files save_model() writes that are not part of a Hugging Face model directory.
+NOT_EXPORTED = ("training_args.bin", "README.md")
+# Env for fault-injection tests: a worker raises once after saving the checkpoint at this step.
+CRASH_AFTER_STEP_ENV = "ITOOL_TRAIN_CRASH_AFTER_STEP"
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs; plain data plus the module-level ``build`` function (pickled by name)."""
+
+    kind: str  # "sft" | "dpo" | "simpo": names the run in messages and metrics
+    build: Callable[..., Any]  # build(job, *, output_dir, callbacks) -> transformers.Trainer
+    model_dir: str
+    out_dir: str
+    dist: DistributedConfig
+    micro_batch_size: int
+    grad_accum: int
+    lr: float
+    scheduler: str
+    warmup_steps: int
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)  # trainer-specific (beta, loss_type …)
+    lora: LoraConfig | None = None
+    checkpoint_steps: list[int] = field(default_factory=list)  # save a checkpoint after these steps
+    crash_after_step: int | None = None  # fault injection (tests); see CRASH_AFTER_STEP_ENV
+    dataset_dir: str = ""  # set by run_job
+    export_dir: str = ""  # set by run_job
+
+    @property
+    def world_size(self) -> int:
+        return max(1, self.dist.num_workers)
+
+    @property
+    def deepspeed(self) -> dict[str, Any] | None:
+        return build_deepspeed_config(
+            self.dist, micro_batch_size=self.micro_batch_size, grad_accum=self.grad_accum, world_size=self.world_size
+        )
+
+    def fingerprint(self, rows_digest: str) -> str:
+        data = {k: v for k, v in asdict(self).items() if k not in ("build", "crash_after_step", "dataset_dir", "export_dir")}
+        data["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
+        data["rows"] = rows_digest
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def training_arguments(self, output_dir: str) -> dict[str, Any]:
+        """TrainingArguments fields shared by every TRL config we build (SFTConfig, DPOConfig, CPOConfig)."""
+        d = self.dist
+        return {
+            "output_dir": output_dir,
+            "per_device_train_batch_size": self.micro_batch_size,
+            "gradient_accumulation_steps": self.grad_accum,
+            "learning_rate": self.lr,
+            "lr_scheduler_type": self.scheduler,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": 0.0,
+            "max_grad_norm": GRADIENT_CLIPPING,
+            # Rows arrive in training order (epochs, phases and shuffling done by schedule_rows).
+            "num_train_epochs": 1,
+            "train_sampling_strategy": "sequential",
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "logging_strategy": "steps",
+            "logging_steps": 1,
+            "save_strategy": "no",  # the _Progress callback decides when to checkpoint
+            "save_total_limit": 1,
+            "report_to": "none",
+            "disable_tqdm": True,
+            "bf16": d.precision == "bf16",
+            "fp16": d.precision == "fp16",
+            "use_cpu": not d.use_gpu,
+            # TRL turns it on by default; on CPU at these sizes it only costs time (~20 %).
+            "gradient_checkpointing": d.use_gpu,
+            "dataloader_num_workers": 0,
+            "deepspeed": self.deepspeed,
+        }
+
+
+def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any]) -> TrainResult:
+    """Train on ``rows`` (tokenized, in order) with Ray Train and export a HF directory to ``job.out_dir``.
+
+    ``summary`` holds the caller's counts (trained_tokens, skipped …); the run's figures are added.
+    """
+    if "://" in job.out_dir:
+        raise TrainError(
+            f"training out_dir {job.out_dir!r}: training writes to a filesystem path every worker can reach "
+            "(one node or a shared filesystem); train to a local directory and upload it afterwards"
+        )
+    if not rows:
+        raise TrainError(f"{job.kind}: no training rows (every example was skipped or the input was empty)")
+    if job.dist.num_workers == 0 and job.dist.zero_stage > 0:
+        raise TrainError(
+            "distributed.num_workers: 0 runs training in the driver process without DeepSpeed; "
+            "set distributed.zero_stage: 0, or num_workers >= 1 for ZeRO"
+        )
+    job.deepspeed  # noqa: B018 - checks the DeepSpeed config in the driver, before any worker starts
+    from datasets import Dataset
+
+    out = Path(job.out_dir).expanduser().resolve()
+    state = out / STATE_DIR
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    fingerprint = job.fingerprint(digest)
+    marker = state / "job.json"
+    if state.exists() and (not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
+        log.info("%s: %s holds another job's state; starting afresh", job.kind, state)
+        shutil.rmtree(state)
+    state.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        marker.write_text(json.dumps({"fingerprint": fingerprint, "kind": job.kind}) + "\n")
+    job.dataset_dir = str(state / "dataset")
+    job.export_dir = str(state / "export")
+    if not (state / "dataset" / "state.json").is_file():
+        Dataset.from_list(rows).save_to_disk(job.dataset_dir)
+    crash = os.environ.get(CRASH_AFTER_STEP_ENV)
+    if crash:
+        job.crash_after_step = int(crash)
+
+    start = time.perf_counter()
+    value = _fit(job, state)
+    wall = time.perf_counter() - start
+    if not isinstance(value, dict) or "log_history" not in value:
+        raise TrainError(f"{job.kind}: the training function returned no log history (got {type(value).__name__})")
+
+    _finish_export(job, out)
+    steps, final = _split_log(value["log_history"])
+    summary = dict(summary)
+    summary.update(
+        kind=job.kind,
+        global_steps=value["global_step"],
+        world_size=job.world_size,
+        zero_stage=job.dist.zero_stage,
+        precision=job.dist.precision,
+        resumed_from_step=value["resumed_from_step"],
+        runtime_s=round(final.get("train_runtime", wall), 3),
+        wall_s=round(wall, 3),
+        train_loss=final.get("train_loss"),
+    )
+    if summary.get("trained_tokens") and summary["runtime_s"]:
+        summary["tokens_per_s"] = round(summary["trained_tokens"] / summary["runtime_s"], 2)
+    result = TrainResult(model_dir=str(out), steps=steps, summary=summary)
+    (out / METRICS_FILE).write_text(json.dumps(result.to_dict() | {"model_dir": str(out)}, indent=1) + "\n")
+    shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def _fit(job: TrainJob, state: Path) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    d = job.dist
+    if d.num_workers == 0:
+        scaling = ScalingConfig(num_workers=0)
+    else:
+        resources = {"CPU": d.cpus_per_worker} | ({"GPU": d.gpus_per_worker} if d.use_gpu else {})
+        scaling = ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources)
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if d.use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(state),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    if d.num_workers == 0:
+        _reset_accelerate()  # the driver may have trained before with other settings
+        try:
+            return trainer.fit().return_value
+        finally:
+            _reset_accelerate()
+    return trainer.fit().return_value
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    import ray.train
+    from ray.train.huggingface.transformers import prepare_trainer
+
+    job: TrainJob = config["job"]
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if job.deepspeed is not None:
+        init_deepspeed_comm(use_gpu=job.dist.use_gpu)
+    rank = ray.train.get_context().get_world_rank()
+    scratch = tempfile.mkdtemp(prefix=f"itool-{job.kind}-rank{rank}-")
+    try:
+        resume_dir = None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            resume_dir = checkpoint.to_directory(os.path.join(scratch, "resume"))
+        resumed_from = _checkpoint_step(resume_dir) if resume_dir else None
+        progress = _Progress(job, resumed=resume_dir is not None)
+        trainer = prepare_trainer(job.build(job, output_dir=os.path.join(scratch, "hf"), callbacks=[progress]))
+        trainer.train(resume_from_checkpoint=resume_dir)
+        trainer.save_model(job.export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
+        last = _numeric(next((e for e in reversed(trainer.state.log_history) if "loss" in e), {}))
+        ray.train.report({**last, "step": trainer.state.global_step, "done": 1})
+        if rank != 0:
+            return None
+        return {
+            "log_history": trainer.state.log_history,
+            "global_step": trainer.state.global_step,
+            "resumed_from_step": resumed_from,
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _checkpoint_step(path: str) -> int | None:
+    state = Path(path) / "trainer_state.json"
+    return json.loads(state.read_text()).get("global_step") if state.is_file() else None
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _progress_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class _Progress(_progress_base()):
+    """Per-step wall time into the log history; checkpoints at the job's steps, reported to Ray Train."""
+
+    def __init__(self, job: TrainJob, *, resumed: bool):
+        self.checkpoint_steps = set(job.checkpoint_steps)
+        self.crash_after_step = job.crash_after_step
+        self.resumed = resumed
+        self._t = time.perf_counter()
+        self._step_time: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self._step_time, self._t = now - self._t, now
+        if state.global_step in self.checkpoint_steps and state.global_step < state.max_steps:
+            control.should_save = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entry = state.log_history[-1] if state.log_history else {}
+        if "loss" in entry and self._step_time is not None:
+            entry["step_time_s"] = round(self._step_time, 4)
+
+    def on_save(self, args, state, control, **kwargs):
+        import ray.train
+        from ray.train import Checkpoint
+
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        last = _numeric(next((e for e in reversed(state.log_history) if "loss" in e), {}))
+        ray.train.report(
+            {**last, "step": state.global_step},
+            checkpoint=Checkpoint.from_directory(path),
+            checkpoint_dir_name=f"checkpoint_{state.global_step:06d}",
+        )
+        self._t = time.perf_counter()  # the save is not part of the next step's time
+        if self.crash_after_step is not None and not self.resumed and state.global_step >= self.crash_after_step:
+            raise RuntimeError(f"injected failure after the checkpoint of step {state.global_step} ({CRASH_AFTER_STEP_ENV})")
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _finish_export(job: TrainJob, out: Path) -> None:
+    """Move rank 0's export into ``out`` as a plain HF directory: LoRA merged, no trainer files."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    export = Path(job.export_dir)
+    if not (export / "config.json").is_file() and not (export / "adapter_config.json").is_file():
+        raise TrainError(f"{job.kind}: the training workers wrote no model to {export}")
+    for name in NOT_EXPORTED:
+        (export / name).unlink(missing_ok=True)
+    base_config = AutoConfig.from_pretrained(job.model_dir)
+    if (export / "adapter_config.json").is_file():
+        import torch
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(export)).merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(job.model_dir).save_pretrained(out)
+    else:
+        for item in export.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    # The Trainer sets use_cache=False for training; inference wants the base model's setting back.
+    config = AutoConfig.from_pretrained(out)
+    config.use_cache = getattr(base_config, "use_cache", True)
+    config.save_pretrained(out)
+
+
+def _split_log(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    steps = [dict(e) for e in history if "loss" in e and "train_runtime" not in e]
+    final = next((e for e in reversed(history) if "train_runtime" in e), {})
+    return steps, final

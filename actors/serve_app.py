@@ -70,7 +70,7 @@ class ChatServer:
         from transformers import AutoTokenizer
 
         from actors.replica import cpu_engine_config
-        from itool_ray.engines import make_engine, resolve_kind
+        from itool_ray.engines import make_engine
         from itool_ray.prompts import end_of_turn
 
         self.cfg = cfg
@@ -78,7 +78,7 @@ class ChatServer:
         self.created = int(time.time())
         engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
         self.engine = make_engine(
-            resolve_kind(engine_cfg.kind), model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed
+            engine_cfg.kind, model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.stop = [end_of_turn(self.tokenizer)]
@@ -101,7 +101,8 @@ class ChatServer:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
         try:
-            self._check_auth(request)
+            if (err := self._auth_error(request)) is not None:
+                raise err
             req = parse_request(await self._read_body(request))
             prompt = render_request(self.tokenizer, req, style=self.cfg.data.prompt_style)
             prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -149,10 +150,6 @@ class ChatServer:
             code="invalid_api_key",
         )
 
-    def _check_auth(self, request: Request) -> None:
-        if (err := self._auth_error(request)) is not None:
-            raise err
-
     async def _read_body(self, request: Request) -> bytes:
         limit = self.cfg.serve.max_body_bytes
         too_large = RequestError(
@@ -170,11 +167,6 @@ class ChatServer:
                 raise too_large
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def __del__(self) -> None:
-        executor = getattr(self, "executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False)
 
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
@@ -204,8 +196,23 @@ def start_server(model_dir: str, cfg: Config) -> str:
     host, port = cfg.serve.host, cfg.serve.port
     serve.start(http_options={"host": host, "port": port})
     app = ChatServer.options(**deployment_options(cfg)).bind(os.path.abspath(model_dir), cfg)
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/")
+    except RuntimeError as e:  # Serve's own message names the deployment only: add the replica's error
+        status = serve.status().applications.get(APP_NAME)
+        why = [_exception_text(d.message) for d in (status.deployments.values() if status else [])]
+        raise RuntimeError(" ".join([str(e), *filter(None, why)])) from None
     return f"http://{host}:{port}"
+
+
+def _exception_text(traceback_text: str) -> str:
+    """The final exception of a formatted traceback (it may span lines), without the frames."""
+    lines = traceback_text.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    start = frames[-1] + 1 if frames else 0
+    while start < len(lines) and lines[start][:1].isspace():
+        start += 1  # the frame's source lines
+    return " ".join(line.strip() for line in lines[start:] if line.strip())
 
 
 def stop_server() -> None:

@@ -1,5 +1,7 @@
 """Answers per second for ``toolcall.parse`` alone and ``parse`` + ``reward.match``, on one core.
 
+Rates are per CPU second of the process (stable on a busy machine) and per wall-clock second.
+
 The mix: BFCL ground-truth answers and corrupted variants of them (wrong value, missing argument,
 extra argument, wrong function, prose) when bfcl-eval is installed, else a small built-in set.
 
@@ -41,7 +43,12 @@ def _builtin_samples() -> list[Sample]:
     tools = [{"type": "function", "function": weather}, {"type": "function", "function": time_fn}]
     msgs = [{"role": "user", "content": "?"}]
     return [
-        Sample(id="b1", tools=tools, messages=msgs, answer=[{"name": "get_weather", "arguments": {"city": "Paris"}}]),
+        Sample(
+            id="b1",
+            tools=tools,
+            messages=msgs,
+            answer=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
+        ),
         Sample(
             id="b2",
             tools=tools,
@@ -76,21 +83,26 @@ def _variants(sample: Sample, rng: random.Random) -> list[str]:
         v = c.arguments[k]
         wrong: Any = v + 1 if type(v) is int else "zz" if isinstance(v, str) else None
         out.append(format_calls([FunctionCall(c.name, {**c.arguments, k: wrong}), *calls[1:]]))
-        out.append(format_calls([FunctionCall(c.name, {a: x for a, x in c.arguments.items() if a != k}), *calls[1:]]))
+        out.append(
+            format_calls([FunctionCall(c.name, {a: x for a, x in c.arguments.items() if a != k}), *calls[1:]])
+        )
     out.append(format_calls([FunctionCall(c.name, {**c.arguments, "extra": 1}), *calls[1:]]))
     out.append(format_calls([FunctionCall(c.name + "_x", c.arguments), *calls[1:]]))
     return out
 
 
-def _rate(fn: Any, items: list[Any], seconds: float) -> float:
-    done, start = 0, time.perf_counter()
+def _rate(fn: Any, items: list[Any], seconds: float) -> str:
+    """Answers per CPU second of this process (robust on a shared machine), and per wall second."""
+    done, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
     while True:
         for it in items:
             fn(it)
         done += len(items)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done / elapsed
+        cpu = time.process_time() - cpu0
+        if cpu >= seconds:
+            return (
+                f"{done / cpu:>10,.0f} answers/s (CPU)  {done / (time.perf_counter() - wall0):>10,.0f} (wall)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             pass
 
-    print(f"parse alone:               {_rate(parse_one, texts, args.seconds):>10,.0f} answers/s")
-    print(f"parse + match (cached):    {_rate(lambda p: match(p[0], p[1]), pairs, args.seconds):>10,.0f} answers/s")
     prepared = [(t, prepare(s)) for t, s in pairs]
-    print(f"parse + match (prepared):  {_rate(lambda p: match(p[0], p[1]), prepared, args.seconds):>10,.0f} answers/s")
-    start = time.perf_counter()
+    print(f"parse alone:               {_rate(parse_one, texts, args.seconds)}")
+    print(f"parse + match (cached):    {_rate(lambda p: match(p[0], p[1]), pairs, args.seconds)}")
+    print(f"parse + match (prepared):  {_rate(lambda p: match(p[0], p[1]), prepared, args.seconds)}")
+    start = time.process_time()
     for s in samples:
         prepare(s)
-    print(f"prepare:                   {len(samples) / (time.perf_counter() - start):>10,.0f} samples/s")
+    print(
+        f"prepare:                   {len(samples) / (time.process_time() - start):>10,.0f} samples/s (CPU)"
+    )
     return 0
 
 

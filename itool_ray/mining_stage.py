@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -125,14 +126,24 @@ def run_mining(
     if not ids:
         raise MiningError(f"mining input {samples_path}: no samples")
 
-    mined = samples.map_batches(
-        MiningScorer,
-        fn_constructor_args=(model_dir, cfg),
-        batch_size=cfg.mining.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency),
-        **scorer_remote_args(cfg),
-    )
+    options = scorer_remote_args(cfg)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates extra remote args (removal in 2.64) but has no named parameter for
+        # max_restarts/max_task_retries yet; without them Ray Data restarts and retries forever.
+        warnings.filterwarnings(
+            "ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning
+        )
+        mined = samples.map_batches(
+            MiningScorer,
+            fn_constructor_args=(model_dir, cfg),
+            batch_size=cfg.mining.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency),
+            num_cpus=options.pop("num_cpus"),
+            num_gpus=options.pop("num_gpus"),
+            runtime_env=options.pop("runtime_env", None),
+            **options,  # max_restarts, max_task_retries
+        )
     rows: list[dict[str, Any]] = []
     for batch in mined.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows.extend(batch.to_pylist())

@@ -71,7 +71,9 @@ class RequestError(ValueError):
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
-def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -274,7 +276,9 @@ def conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
                 try:
                     args = json.loads(tc.function.arguments) if tc.function.arguments.strip() else {}
                 except (ValueError, RecursionError):
-                    raise RequestError(f"{where}.arguments is not valid JSON", param=f"{where}.arguments") from None
+                    raise RequestError(
+                        f"{where}.arguments is not valid JSON", param=f"{where}.arguments"
+                    ) from None
                 if not isinstance(args, dict):
                     raise RequestError(f"{where}.arguments must be a JSON object", param=f"{where}.arguments")
                 calls.append(FunctionCall(tc.function.name, args))
@@ -282,7 +286,9 @@ def conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
             try:
                 content = format_calls(calls)
             except ValueError as e:
-                raise RequestError(f"messages.{i}.tool_calls: {e}", param=f"messages.{i}.tool_calls") from None
+                raise RequestError(
+                    f"messages.{i}.tool_calls: {e}", param=f"messages.{i}.tool_calls"
+                ) from None
         else:
             content = m.text
         role = "system" if m.role == "developer" else m.role
@@ -390,7 +396,9 @@ def chat_response(
         "object": OBJECT_COMPLETION,
         "created": int(time.time()) if created is None else created,
         "model": model,
-        "choices": [{"index": 0, "message": out.message(), "finish_reason": out.finish_reason, "logprobs": None}],
+        "choices": [
+            {"index": 0, "message": out.message(), "finish_reason": out.finish_reason, "logprobs": None}
+        ],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -401,4 +409,7 @@ def chat_response(
 
 def models_response(model: str, *, created: int) -> dict[str, Any]:
     """``GET /v1/models``: the one model this server hosts."""
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "itool-ray"}]}
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": created, "owned_by": "itool-ray"}],
+    }

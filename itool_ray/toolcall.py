@@ -23,12 +23,13 @@ call, which matters for "no call" (irrelevance) samples.
 
 Tool names that are not dotted identifiers (ToolACE has ``Get Weather``) are read when passed in
 ``tool_names``: outside string literals, where a call name is expected, they are swapped for
-placeholders before ``ast.parse`` and restored after. Keyword names go through Python's identifier
-rules, so they are NFKC-normalised and cannot be Python keywords (``from=`` is a syntax error).
+placeholders before ``ast.parse`` and restored after. Argument names that are Python keywords
+(``from="NYC"``, common in ToolACE; BFCL cannot decode them) are handled the same way, on a retry after a
+syntax error. Argument names go through Python's identifier rules, so they are NFKC-normalised.
 
 Formatting (``format_calls``) writes ``[name(k=v, k2=v2), other(x=1)]``: strings in double quotes
-(JSON escapes, non-ASCII kept), ``True``/``False``/``None``, ``repr`` for numbers (floats round-trip
-exactly). NaN and infinities have no literal and are rejected (``ValueError``), as ``parse`` rejects
+(quotes, backslashes, newlines and control characters escaped; other non-ASCII written as is),
+``True``/``False``/``None``, ``repr`` for numbers (floats round-trip exactly), tuples as tuples. NaN and infinities have no literal and are rejected (``ValueError``), as ``parse`` rejects
 ``1e999``. ``parse(format_calls(calls)) == calls`` for calls built from JSON-like values.
 
 Step segmentation (``segment``, ``first_step``), for the MCTS, on possibly unfinished text
@@ -36,7 +37,8 @@ Step segmentation (``segment``, ``first_step``), for the MCTS, on possibly unfin
 Steps tile the text from offset 0, without gaps; leading whitespace belongs to the first step.
 
 - If the text does not begin (after whitespace) with ``[`` it is a *text* answer (prose, no call): one
-  step of kind ``"text"``, complete only when the answer is complete.
+  step of kind ``"text"``, complete only when the answer is complete. (``parse`` still reads a bare
+  ``f(a=1)``; the MCTS just does not split it.)
 - ``open``: ``[`` + call name + ``(`` -- complete when ``(`` is seen. ``[]`` (no call, in call syntax)
   is a single ``close`` step instead.
 - ``arg``: one ``key=value`` per step, starting right after the previous step (so the space after a
@@ -66,6 +68,7 @@ import bisect
 import keyword
 import math
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -173,15 +176,12 @@ def _scan(text: str) -> tuple[int, list[tuple[int, int]]]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _substitute_names(text: str, names: Iterable[str]) -> tuple[str, dict[str, str]]:
-    """Swap non-identifier tool names in call position (outside strings) for placeholders."""
-    odd = sorted({n for n in names if n and not is_dotted_name(n) and n in text}, key=len, reverse=True)
-    if not odd:
-        return text, {}
+def _substitute(text: str, pattern: re.Pattern[str], after: str, prefix: str) -> tuple[str, dict[str, str]]:
+    """Swap matches of ``pattern`` outside string literals, preceded (past whitespace) by a character of
+    ``after`` or the text start, for identifier placeholders; return the new text and placeholder -> match."""
     _, spans = _scan(text)
     span_starts = [a for a, _ in spans]
-    pattern = re.compile("|".join(re.escape(n) for n in odd) + r"(?=\s*\()")
-    out, last, mapping, by_name = [], 0, {}, {}
+    out, last, mapping, by_match = [], 0, {}, {}
     for m in pattern.finditer(text):
         s = m.start()
         k = bisect.bisect_right(span_starts, s) - 1
@@ -190,20 +190,33 @@ def _substitute_names(text: str, names: Iterable[str]) -> tuple[str, dict[str, s
         k = s - 1
         while k >= 0 and text[k].isspace():
             k -= 1
-        if k >= 0 and text[k] not in "[,":
-            continue  # not where a call name goes
-        name = m.group()
-        if name not in by_name:
-            ph = f"_itool_fn{len(by_name)}_"
+        if k >= 0 and text[k] not in after:
+            continue
+        found = m.group()
+        if found not in by_match:
+            ph = f"{prefix}{len(by_match)}_"
             while ph in text:
                 ph += "_"
-            by_name[name] = ph
-            mapping[ph] = name
+            by_match[found] = ph
+            mapping[ph] = found
         out.append(text[last:s])
-        out.append(by_name[name])
+        out.append(by_match[found])
         last = m.end()
     out.append(text[last:])
     return "".join(out), mapping
+
+
+def _substitute_names(text: str, names: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """Non-identifier tool names in call position (after ``[`` or ``,``, before ``(``) -> placeholders."""
+    odd = sorted({n for n in names if n and not is_dotted_name(n) and n in text}, key=len, reverse=True)
+    if not odd:
+        return text, {}
+    pattern = re.compile("|".join(re.escape(n) for n in odd) + r"(?=\s*\()")
+    return _substitute(text, pattern, "[,", "_itool_fn")
+
+
+# A Python keyword used as an argument name (``from="NYC"``): after "(" or ",", before "=" (not "==").
+_KEYWORD_ARG = re.compile(r"(?<![\w.])(?:" + "|".join(keyword.kwlist) + r")(?=\s*=(?!=))")
 
 
 _NODE_WORDS = {
@@ -282,6 +295,16 @@ def _callee(func: ast.AST) -> str | None:
     return ".".join(reversed(parts))
 
 
+def _ast_parse(src: str) -> ast.Expression:
+    if "\\" not in src:
+        return ast.parse(src, mode="eval")
+    # "C:\path" warns about an invalid escape; a warnings filter set to "error" would turn that into a
+    # SyntaxError, so the outcome must not depend on the caller's filters.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(src, mode="eval")
+
+
 def parse(
     text: str,
     *,
@@ -305,10 +328,23 @@ def parse(
     if src.count("(") + src.count("[") + src.count("{") > max_depth and _scan(src)[0] > max_depth:
         raise ToolCallParseError(f"brackets nested deeper than {max_depth}")
     try:
-        tree = ast.parse(src, mode="eval")
+        tree = _ast_parse(src)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        msg = getattr(e, "msg", None) or str(e) or type(e).__name__
-        raise ToolCallParseError(f"not Python call syntax: {msg}") from None
+        # Argument names that are Python keywords (ToolACE has ``from=``) are a syntax error: retry once
+        # with placeholders for them.
+        src, kw_mapping = (
+            _substitute(src, _KEYWORD_ARG, "(,", "_itool_kw") if type(e) is SyntaxError else (src, {})
+        )
+        tree = None
+        if kw_mapping:
+            try:
+                tree = _ast_parse(src)
+                mapping.update(kw_mapping)
+            except (SyntaxError, ValueError, MemoryError, RecursionError):
+                pass
+        if tree is None:
+            msg = getattr(e, "msg", None) or str(e) or type(e).__name__
+            raise ToolCallParseError(f"not Python call syntax: {msg}") from None
     body = tree.body
     if type(body) is not ast.List:
         raise ToolCallParseError("not a list of calls")
@@ -328,9 +364,10 @@ def parse(
             for kw in node.keywords:
                 if kw.arg is None:
                     raise ToolCallParseError(f"call {i} ({name}): **unpacking")
-                if kw.arg in args:
-                    raise ToolCallParseError(f"call {i} ({name}): argument '{kw.arg}' repeated")
-                args[kw.arg] = _literal(kw.value, 1, max_depth)
+                key = mapping.get(kw.arg, kw.arg)
+                if key in args:
+                    raise ToolCallParseError(f"call {i} ({name}): argument '{key}' repeated")
+                args[key] = _literal(kw.value, 1, max_depth)
             calls.append(FunctionCall(name, args))
     except ToolCallParseError as e:
         raise ToolCallParseError(e.reason, looks_like_call=looks_like_call) from None
@@ -391,7 +428,7 @@ def format_calls(calls: Iterable[FunctionCall]) -> str:
             raise ValueError(f"function name {c.name!r} cannot be written in call syntax")
         args = []
         for k, v in c.arguments.items():
-            if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k):
+            if not isinstance(k, str) or not k.isidentifier():
                 raise ValueError(f"argument name {k!r} of {c.name} is not a Python identifier")
             args.append(f"{k}={_format_value(v)}")
         parts.append(f"{c.name}({', '.join(args)})")

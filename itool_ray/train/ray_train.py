@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,18 @@ class TrainJob:
     @property
     def deepspeed(self) -> dict[str, Any] | None:
         return build_deepspeed_config(
-            self.dist, micro_batch_size=self.micro_batch_size, grad_accum=self.grad_accum, world_size=self.world_size
+            self.dist,
+            micro_batch_size=self.micro_batch_size,
+            grad_accum=self.grad_accum,
+            world_size=self.world_size,
         )
 
     def fingerprint(self, rows_digest: str) -> str:
-        data = {k: v for k, v in asdict(self).items() if k not in ("build", "crash_after_step", "dataset_dir", "export_dir")}
+        skip = ("build", "dist", "lora", "crash_after_step", "dataset_dir", "export_dir")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         data["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
+        data["dist"] = self.dist.model_dump()
+        data["lora"] = self.lora.model_dump() if self.lora else None
         data["rows"] = rows_digest
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -148,7 +154,9 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     fingerprint = job.fingerprint(digest)
     marker = state / "job.json"
-    if state.exists() and (not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint):
+    if state.exists() and (
+        not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint
+    ):
         log.info("%s: %s holds another job's state; starting afresh", job.kind, state)
         shutil.rmtree(state)
     state.mkdir(parents=True, exist_ok=True)
@@ -166,10 +174,15 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     value = _fit(job, state)
     wall = time.perf_counter() - start
     if not isinstance(value, dict) or "log_history" not in value:
-        raise TrainError(f"{job.kind}: the training function returned no log history (got {type(value).__name__})")
+        raise TrainError(
+            f"{job.kind}: the training function returned no log history (got {type(value).__name__})"
+        )
 
     _finish_export(job, out)
     steps, final = _split_log(value["log_history"])
+    phases = summary.get("phases")
+    if phases:
+        _tag_phases(steps, phases)
     summary = dict(summary)
     summary.update(
         kind=job.kind,
@@ -185,7 +198,7 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     if summary.get("trained_tokens") and summary["runtime_s"]:
         summary["tokens_per_s"] = round(summary["trained_tokens"] / summary["runtime_s"], 2)
     result = TrainResult(model_dir=str(out), steps=steps, summary=summary)
-    (out / METRICS_FILE).write_text(json.dumps(result.to_dict() | {"model_dir": str(out)}, indent=1) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps({"steps": steps, "summary": summary}, indent=1) + "\n")
     shutil.rmtree(state, ignore_errors=True)
     return result
 
@@ -231,6 +244,7 @@ def _reset_accelerate() -> None:
 def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     from ray.train.huggingface.transformers import prepare_trainer
+    from transformers.trainer_callback import PrinterCallback
 
     job: TrainJob = config["job"]
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -244,8 +258,10 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if checkpoint is not None:
             resume_dir = checkpoint.to_directory(os.path.join(scratch, "resume"))
         resumed_from = _checkpoint_step(resume_dir) if resume_dir else None
-        progress = _Progress(job, resumed=resume_dir is not None)
-        trainer = prepare_trainer(job.build(job, output_dir=os.path.join(scratch, "hf"), callbacks=[progress]))
+        progress = _progress_callback(job, resumed=resume_dir is not None)
+        trainer = prepare_trainer(
+            job.build(job, output_dir=os.path.join(scratch, "hf"), callbacks=[progress])
+        )
         trainer.train(resume_from_checkpoint=resume_dir)
         trainer.save_model(job.export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
         last = _numeric(next((e for e in reversed(trainer.state.log_history) if "loss" in e), {}))
@@ -270,15 +286,18 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _progress_base():
+def _progress_callback(job: TrainJob, *, resumed: bool) -> Any:
+    """A TrainerCallback: per-step wall time into the log history; checkpoints at the job's steps,
+    reported to Ray Train by every rank."""
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    class Progress(_Progress, TrainerCallback):
+        pass
+
+    return Progress(job, resumed=resumed)
 
 
-class _Progress(_progress_base()):
-    """Per-step wall time into the log history; checkpoints at the job's steps, reported to Ray Train."""
-
+class _Progress:
     def __init__(self, job: TrainJob, *, resumed: bool):
         self.checkpoint_steps = set(job.checkpoint_steps)
         self.crash_after_step = job.crash_after_step
@@ -312,8 +331,14 @@ class _Progress(_progress_base()):
             checkpoint_dir_name=f"checkpoint_{state.global_step:06d}",
         )
         self._t = time.perf_counter()  # the save is not part of the next step's time
-        if self.crash_after_step is not None and not self.resumed and state.global_step >= self.crash_after_step:
-            raise RuntimeError(f"injected failure after the checkpoint of step {state.global_step} ({CRASH_AFTER_STEP_ENV})")
+        if (
+            self.crash_after_step is not None
+            and not self.resumed
+            and state.global_step >= self.crash_after_step
+        ):
+            raise RuntimeError(
+                f"injected failure after the checkpoint of step {state.global_step} ({CRASH_AFTER_STEP_ENV})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -345,6 +370,18 @@ def _finish_export(job: TrainJob, out: Path) -> None:
     config = AutoConfig.from_pretrained(out)
     config.use_cache = getattr(base_config, "use_cache", True)
     config.save_pretrained(out)
+
+
+def _tag_phases(steps: list[dict[str, Any]], phases: list[dict[str, Any]]) -> None:
+    """Label each step with its phase; add each phase's first and last loss to the phase record."""
+    for phase in phases:
+        if phase["first_step"] is None:
+            continue
+        mine = [s for s in steps if phase["first_step"] <= s["step"] <= phase["last_step"]]
+        for s in mine:
+            s["phase"] = phase["name"]
+        if mine:
+            phase["first_loss"], phase["last_loss"] = mine[0]["loss"], mine[-1]["loss"]
 
 
 def _split_log(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -31,7 +31,9 @@ ENTRY = {
         }
     ],
 }
-TRUTH = [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""], "extra": ["", 1.5]}}]
+TRUTH = [
+    {"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""], "extra": ["", 1.5]}}
+]
 
 
 def test_from_bfcl_fills_the_sample():
@@ -40,7 +42,9 @@ def test_from_bfcl_fills_the_sample():
     assert s.tools == ENTRY["function"]  # BFCL's type names kept as they are
     assert s.messages == ENTRY["question"][0]
     # first accepted value of each argument; "" first = left out
-    assert s.answer == [{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "unit": "units"}}]
+    assert s.answer == [
+        {"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "unit": "units"}}
+    ]
     assert s.accepted is not None and s.accepted[0].arguments == TRUTH[0]["calculate_triangle_area"]
     assert match(format_calls(s.calls), s).exact
     assert match("[calculate_triangle_area(base=10, height=5)]", s).exact
@@ -57,7 +61,9 @@ def test_irrelevance_has_no_answer():
 def test_nested_dict_answers_become_concrete_values():
     entry = {
         "id": "live_multiple_0-0-0",
-        "question": [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "latte, large"}]],
+        "question": [
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "latte, large"}]
+        ],
         "function": [
             {
                 "name": "ChaDri.change_drink",
@@ -76,15 +82,22 @@ def test_nested_dict_answers_become_concrete_values():
         {
             "ChaDri.change_drink": {
                 "drink_id": ["latte"],
-                "new_preferences": [{"size": ["large"], "milk_type": ["", "coconut"], "temp": ["hot", "warm"]}],
+                "new_preferences": [
+                    {"size": ["large"], "milk_type": ["", "coconut"], "temp": ["hot", "warm"]}
+                ],
             }
         }
     ]
     s = from_bfcl(entry, truth)
     assert s.category == "live_multiple" and [m["role"] for m in s.messages] == ["system", "user"]
-    assert s.answer[0]["arguments"] == {"drink_id": "latte", "new_preferences": {"size": "large", "temp": "hot"}}
+    assert s.answer[0]["arguments"] == {
+        "drink_id": "latte",
+        "new_preferences": {"size": "large", "temp": "hot"},
+    }
     assert match(format_calls(s.calls), s).exact
-    assert match('[ChaDri.change_drink(drink_id="latte", new_preferences={"size": "large", "temp": "warm"})]', s).exact
+    assert match(
+        '[ChaDri.change_drink(drink_id="latte", new_preferences={"size": "large", "temp": "warm"})]', s
+    ).exact
 
 
 def test_category_from_id():
@@ -94,24 +107,27 @@ def test_category_from_id():
     with pytest.raises(SampleError, match="unsupported BFCL category"):
         bfcl_category("simple_java_1")
     with pytest.raises(SampleError, match="multi-turn"):
-        from_bfcl({**ENTRY, "question": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]}, TRUTH)
+        from_bfcl(
+            {**ENTRY, "question": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]},
+            TRUTH,
+        )
 
 
 # -- against the installed bfcl-eval data ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def data_dir():
+def bfcl_dir():
     pytest.importorskip("bfcl_eval")
     from itool_ray.data.bfcl import bfcl_data_dir
 
     return bfcl_data_dir()
 
 
-def _first_entries(data_dir, stem: str) -> tuple[dict, list | None]:
-    with (data_dir / f"BFCL_v4_{stem}.json").open() as f:
+def _first_entries(bfcl_dir, stem: str) -> tuple[dict, list | None]:
+    with (bfcl_dir / f"BFCL_v4_{stem}.json").open() as f:
         entry = json.loads(f.readline())
-    answers = data_dir / "possible_answer" / f"BFCL_v4_{stem}.json"
+    answers = bfcl_dir / "possible_answer" / f"BFCL_v4_{stem}.json"
     if not answers.exists():
         return entry, None
     with answers.open() as f:
@@ -122,8 +138,8 @@ def _first_entries(data_dir, stem: str) -> tuple[dict, list | None]:
 
 @pytest.mark.bfcl
 @pytest.mark.parametrize("category", list(BFCL_CATEGORIES))
-def test_real_entries_of_each_category(data_dir, category):
-    entry, truth = _first_entries(data_dir, BFCL_CATEGORIES[category])
+def test_real_entries_of_each_category(bfcl_dir, category):
+    entry, truth = _first_entries(bfcl_dir, BFCL_CATEGORIES[category])
     s = from_bfcl(entry, truth)
     assert s.category == category
     assert s.tools == entry["function"]
@@ -135,7 +151,7 @@ def test_real_entries_of_each_category(data_dir, category):
 
 
 @pytest.mark.bfcl
-def test_load_bfcl_reads_whole_categories(data_dir):
+def test_load_bfcl_reads_whole_categories(bfcl_dir):
     from itool_ray.data.bfcl import load_bfcl
 
     samples = load_bfcl(["simple", "irrelevance"])

@@ -103,7 +103,9 @@ def test_parallel_calls_match_in_any_order():
     a, b = FunctionCall("get_weather", {"city": "Paris", "days": 3}), FunctionCall("get_time", {"tz": "CET"})
     assert match(text(a, b), TWO).exact
     assert match(text(b, a), TWO).exact
-    both_weather = sample([call("get_weather", city="Paris", days=3), call("get_weather", city="Rome", days=1)])
+    both_weather = sample(
+        [call("get_weather", city="Paris", days=3), call("get_weather", city="Rome", days=1)]
+    )
     assert match('[get_weather(city="Rome", days=1), get_weather(city="Paris", days=3)]', both_weather).exact
 
 
@@ -183,7 +185,9 @@ def test_nested_values():
 def test_bfcl_style_accepted_alternatives():
     s = sample(
         [call("get_weather", city="Paris", days=3)],
-        accepted=[{"name": "get_weather", "arguments": {"city": ["Paris", "Paris, France"], "days": [3, ""]}}],
+        accepted=[
+            {"name": "get_weather", "arguments": {"city": ["Paris", "Paris, France"], "days": [3, ""]}}
+        ],
     )
     assert match('[get_weather(city="Paris, France", days=3)]', s).exact
     assert match('[get_weather(city="Paris")]', s).exact is False  # "days" is schema-required
@@ -208,14 +212,20 @@ def test_no_call_samples():
 
 
 def test_names_with_spaces_use_the_tools():
-    tool = {"name": "Get Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    tool = {
+        "name": "Get Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
     s = sample([call("Get Weather", city="Paris")], tools=[tool])
     assert match('[Get Weather(city="Paris")]', s).exact
     assert not match('[Get Weather(city="Rome")]', s).exact
 
 
 def test_unknown_schema_types_compare_values_only():
-    tool = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": ["string", "null"]}, "y": {}}}}
+    tool = {
+        "name": "f",
+        "parameters": {"type": "object", "properties": {"x": {"type": ["string", "null"]}, "y": {}}},
+    }
     s = sample([call("f", x="A b", y=[1, "Q"])], tools=[tool])
     assert match('[f(x="a B", y=[1, "q"])]', s).exact
     assert not match('[f(x="a B", y=[1])]', s).exact

@@ -27,25 +27,19 @@ from itool_ray.data.bfcl import load_bfcl  # noqa: E402
 from itool_ray.reward import match  # noqa: E402
 from itool_ray.toolcall import FunctionCall, format_calls  # noqa: E402
 
-CATEGORIES = os.environ.get("BFCL_AGREEMENT_CATEGORIES", "simple,multiple,parallel,parallel_multiple,irrelevance").split(",")
+CATEGORIES = os.environ.get(
+    "BFCL_AGREEMENT_CATEGORIES", "simple,multiple,parallel,parallel_multiple,irrelevance"
+).split(",")
 BFCL_TEST_CATEGORY = {"simple": "simple_python"}
 AGREEMENT = 0.995
 
 
 def _import_bfcl() -> tuple[Any, Any, Any, Any, str]:
-    """BFCL's decoder and checker. Their modules import every API client and tree-sitter for Java/JS;
-    where those are missing, the registry and the Java/JS parsers are stubbed during the import (the
-    checker only reads ``underscore_to_dot`` from the registry; Python decoding never calls the parsers).
+    """BFCL's decoder and checker. Their modules import every API client (for the model registry),
+    tree-sitter (Java/JS parsers) and tenacity; where those are missing they are stubbed during the
+    import: the checker only reads ``underscore_to_dot`` from the registry, and Python decoding never
+    calls the Java/JS parsers or the retry helpers.
     """
-    stubs: dict[str, types.ModuleType] = {}
-    registry = types.ModuleType("bfcl_eval.constants.model_config")
-    registry.MODEL_CONFIG_MAPPING = collections.defaultdict(lambda: types.SimpleNamespace(underscore_to_dot=False))
-    stubs[registry.__name__] = registry
-    for name in ("java_parser", "js_parser"):
-        mod = types.ModuleType(f"bfcl_eval.model_handler.parser.{name}")
-        mod.parse_java_function_call = mod.parse_javascript_function_call = None
-        stubs[mod.__name__] = mod
-    pytest.importorskip("tenacity", reason="bfcl_eval.model_handler.utils needs tenacity")
 
     def load() -> tuple[Any, ...]:
         from bfcl_eval.constants.enums import Language
@@ -62,18 +56,31 @@ def _import_bfcl() -> tuple[Any, Any, Any, Any, str]:
         return (*load(), model.replace("/", "_"))
     except ImportError:
         pass
-    saved = {k: sys.modules.get(k) for k in stubs}
-    for k, mod in stubs.items():
-        if k == registry.__name__ or _missing(k):
-            sys.modules[k] = mod
+
+    registry = types.ModuleType("bfcl_eval.constants.model_config")
+    registry.MODEL_CONFIG_MAPPING = collections.defaultdict(
+        lambda: types.SimpleNamespace(underscore_to_dot=False)
+    )
+    java = types.ModuleType("bfcl_eval.model_handler.parser.java_parser")
+    java.parse_java_function_call = None
+    js = types.ModuleType("bfcl_eval.model_handler.parser.js_parser")
+    js.parse_javascript_function_call = None
+    tenacity = types.ModuleType("tenacity")
+    for name in ("retry", "retry_if_exception_message", "retry_if_exception_type", "wait_random_exponential"):
+        setattr(tenacity, name, None)
+    installed = []
+    for mod in (registry, java, js, tenacity):
+        if mod is registry or _missing(mod.__name__):
+            installed.append((mod.__name__, sys.modules.get(mod.__name__, ...)))
+            sys.modules[mod.__name__] = mod
     try:
         return (*load(), "stub-model")
     finally:
-        for k, mod in saved.items():
-            if mod is None:
-                sys.modules.pop(k, None)
+        for name, before in installed:
+            if before is ...:
+                sys.modules.pop(name, None)
             else:
-                sys.modules[k] = mod
+                sys.modules[name] = before
 
 
 def _missing(module: str) -> bool:
@@ -149,15 +156,32 @@ def variants(sample: Any, rng: random.Random) -> list[tuple[str, str]]:
     props, required = _types(sample, call.name)
     if call.arguments:
         k = rng.choice(list(call.arguments))
-        out.append(("wrong_value", format_calls(_with_args(calls, i, {**call.arguments, k: _other_value(call.arguments[k])}))))
+        out.append(
+            (
+                "wrong_value",
+                format_calls(_with_args(calls, i, {**call.arguments, k: _other_value(call.arguments[k])})),
+            )
+        )
     present_required = [k for k in required if k in call.arguments]
     if present_required:
         k = rng.choice(present_required)
-        out.append(("missing_required", format_calls(_with_args(calls, i, {a: v for a, v in call.arguments.items() if a != k}))))
+        out.append(
+            (
+                "missing_required",
+                format_calls(_with_args(calls, i, {a: v for a, v in call.arguments.items() if a != k})),
+            )
+        )
     out.append(("extra_argument", format_calls(_with_args(calls, i, {**call.arguments, "zz_extra": 1}))))
     others = [f["name"] for f in funcs if f["name"] != call.name]
     wrong_name = rng.choice(others) if others else call.name + "_zz"
-    out.append(("wrong_function", format_calls([FunctionCall(wrong_name, c.arguments) if k == i else c for k, c in enumerate(calls)])))
+    out.append(
+        (
+            "wrong_function",
+            format_calls(
+                [FunctionCall(wrong_name, c.arguments) if k == i else c for k, c in enumerate(calls)]
+            ),
+        )
+    )
     if len(calls) > 1:
         out.append(("reordered", format_calls(list(reversed(calls)))))
         out.append(("missing_call", format_calls(calls[:-1])))
@@ -170,23 +194,56 @@ def variants(sample: Any, rng: random.Random) -> list[tuple[str, str]]:
                 out.append(("int_for_float", format_calls(_with_args(calls, j, {**c.arguments, k: int(v)}))))
             elif t == "float" and type(v) is int:
                 out.append(("int_for_float", format_calls(_with_args(calls, j, {**c.arguments, k: v}))))
-                out.append(("float_literal_for_float", format_calls(_with_args(calls, j, {**c.arguments, k: float(v)}))))
+                out.append(
+                    (
+                        "float_literal_for_float",
+                        format_calls(_with_args(calls, j, {**c.arguments, k: float(v)})),
+                    )
+                )
             elif t == "integer" and type(v) is int:
-                out.append(("float_for_int", format_calls(_with_args(calls, j, {**c.arguments, k: float(v)}))))
+                out.append(
+                    ("float_for_int", format_calls(_with_args(calls, j, {**c.arguments, k: float(v)})))
+                )
                 out.append(("string_for_int", format_calls(_with_args(calls, j, {**c.arguments, k: str(v)}))))
             elif t == "array" and isinstance(v, list) and v and all(type(x) is int for x in v):
-                out.append(("floats_in_int_list", format_calls(_with_args(calls, j, {**c.arguments, k: [float(x) for x in v]}))))
+                out.append(
+                    (
+                        "floats_in_int_list",
+                        format_calls(_with_args(calls, j, {**c.arguments, k: [float(x) for x in v]})),
+                    )
+                )
             elif t == "string" and isinstance(v, str) and v:
-                out.append(("case_and_spaces", format_calls(_with_args(calls, j, {**c.arguments, k: " " + v.upper() + " "}))))
+                out.append(
+                    (
+                        "case_and_spaces",
+                        format_calls(_with_args(calls, j, {**c.arguments, k: " " + v.upper() + " "})),
+                    )
+                )
                 out.append(("string_as_list", format_calls(_with_args(calls, j, {**c.arguments, k: [v]}))))
             elif t == "boolean" and type(v) is bool:
                 out.append(("int_for_bool", format_calls(_with_args(calls, j, {**c.arguments, k: int(v)}))))
             if isinstance(v, list):
-                out.append(("tuple_for_list", format_calls(_with_args(calls, j, {**c.arguments, k: tuple(v)}))))
+                out.append(
+                    ("tuple_for_list", format_calls(_with_args(calls, j, {**c.arguments, k: tuple(v)})))
+                )
             if isinstance(v, dict) and v:
                 first = next(iter(v))
-                out.append(("dict_missing_key", format_calls(_with_args(calls, j, {**c.arguments, k: {a: x for a, x in v.items() if a != first}}))))
-                out.append(("dict_extra_key", format_calls(_with_args(calls, j, {**c.arguments, k: {**v, "zz": "x"}}))))
+                out.append(
+                    (
+                        "dict_missing_key",
+                        format_calls(
+                            _with_args(
+                                calls, j, {**c.arguments, k: {a: x for a, x in v.items() if a != first}}
+                            )
+                        ),
+                    )
+                )
+                out.append(
+                    (
+                        "dict_extra_key",
+                        format_calls(_with_args(calls, j, {**c.arguments, k: {**v, "zz": "x"}})),
+                    )
+                )
             if rng.random() < 0.2:
                 out.append(("none_value", format_calls(_with_args(calls, j, {**c.arguments, k: None}))))
         acc = (sample.accepted or [])[j].arguments if j < len(sample.accepted or []) else {}
@@ -194,7 +251,9 @@ def variants(sample: Any, rng: random.Random) -> list[tuple[str, str]]:
             if "" in options and k not in c.arguments:
                 t = p.get(k, {}).get("type")
                 filler = {"string": "", "array": [], "integer": 0, "boolean": False, "float": 0.0}.get(t, "")
-                out.append(("optional_filled", format_calls(_with_args(calls, j, {**c.arguments, k: filler}))))
+                out.append(
+                    ("optional_filled", format_calls(_with_args(calls, j, {**c.arguments, k: filler})))
+                )
     return out
 
 
@@ -207,9 +266,22 @@ def _format_nested(calls: list[FunctionCall], sample: Any) -> str:
         for k, v in c.arguments.items():
             spec = props.get(k, {})
             if spec.get("type") == "dict" and isinstance(v, dict):
-                v = {a: [o for o in opts if o != ""][0] for a, opts in v.items() if any(o != "" for o in opts)}
-            elif spec.get("type") == "array" and spec.get("items", {}).get("type") == "dict" and isinstance(v, list):
-                v = [{a: [o for o in opts if o != ""][0] for a, opts in d.items() if any(o != "" for o in opts)} for d in v]
+                v = {
+                    a: [o for o in opts if o != ""][0] for a, opts in v.items() if any(o != "" for o in opts)
+                }
+            elif (
+                spec.get("type") == "array"
+                and spec.get("items", {}).get("type") == "dict"
+                and isinstance(v, list)
+            ):
+                v = [
+                    {
+                        a: [o for o in opts if o != ""][0]
+                        for a, opts in d.items()
+                        if any(o != "" for o in opts)
+                    }
+                    for d in v
+                ]
             args[k] = v
         fixed.append(FunctionCall(c.name, args))
     return format_calls(fixed)
@@ -241,7 +313,9 @@ def test_exact_agrees_with_bfcl_checker():
                 bfcl_ok = False
             else:
                 try:
-                    bfcl_ok = ast_checker(sample.tools, decoded, possible, language.PYTHON, category, model)["valid"]
+                    bfcl_ok = ast_checker(sample.tools, decoded, possible, language.PYTHON, category, model)[
+                        "valid"
+                    ]
                 except Exception:
                     crashed += 1
                     continue
@@ -251,11 +325,15 @@ def test_exact_agrees_with_bfcl_checker():
             if ours.exact == bfcl_ok:
                 agree += 1
             else:
-                disagreements.append(f"{sample.id} [{kind}] bfcl={bfcl_ok} ours={ours.exact} ({ours.error}): {text[:160]}")
+                disagreements.append(
+                    f"{sample.id} [{kind}] bfcl={bfcl_ok} ours={ours.exact} ({ours.error}): {text[:160]}"
+                )
             if kind == "ground_truth" and not bfcl_ok:
                 gt_rejected_by_bfcl.append(sample.id)
     rate = agree / total
-    print(f"\nBFCL agreement: {agree}/{total} = {rate:.4%} over {len(samples)} entries; checker crashes: {crashed}")
+    print(
+        f"\nBFCL agreement: {agree}/{total} = {rate:.4%} over {len(samples)} entries; checker crashes: {crashed}"
+    )
     print("variants:", dict(by_kind))
     print("ground truths BFCL itself rejects:", gt_rejected_by_bfcl)
     for d in disagreements[:50]:

@@ -46,11 +46,17 @@ def chatml():
 
 # ---------------------------------------------------------------------------------- model text -> message
 def test_call_text_becomes_tool_calls_with_json_arguments():
-    out = translate_output('[get_weather(city="Paris", days=3)]', "stop", tool_names=["get_weather"], new_id=ids())
+    out = translate_output(
+        '[get_weather(city="Paris", days=3)]', "stop", tool_names=["get_weather"], new_id=ids()
+    )
     assert out.finish_reason == "tool_calls"
     assert out.content is None
     assert out.tool_calls == [
-        {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'}}
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'},
+        }
     ]
 
 
@@ -62,7 +68,9 @@ def test_parallel_calls_keep_their_order_and_get_distinct_ids():
 
 
 def test_tool_names_with_spaces_are_read():
-    out = translate_output('[Get Weather Forecast(city="Paris")]', "stop", tool_names=["Get Weather Forecast"])
+    out = translate_output(
+        '[Get Weather Forecast(city="Paris")]', "stop", tool_names=["Get Weather Forecast"]
+    )
     assert out.tool_calls[0]["function"]["name"] == "Get Weather Forecast"
 
 
@@ -101,7 +109,9 @@ def test_code_is_never_evaluated():
 
 
 def test_text_cut_by_max_tokens_is_content_with_finish_reason_length():
-    out = translate_output('[get_weather(city="Paris"), get_weather(city=', "length", tool_names=["get_weather"])
+    out = translate_output(
+        '[get_weather(city="Paris"), get_weather(city=', "length", tool_names=["get_weather"]
+    )
     assert (out.content, out.tool_calls, out.finish_reason) == (
         '[get_weather(city="Paris"), get_weather(city=',
         [],
@@ -110,7 +120,9 @@ def test_text_cut_by_max_tokens_is_content_with_finish_reason_length():
 
 
 def test_tool_choice_none_never_returns_calls():
-    out = translate_output('[get_weather(city="Paris")]', "stop", tool_names=["get_weather"], tool_choice="none")
+    out = translate_output(
+        '[get_weather(city="Paris")]', "stop", tool_names=["get_weather"], tool_choice="none"
+    )
     assert out.tool_calls == [] and out.content == '[get_weather(city="Paris")]'
 
 
@@ -121,21 +133,29 @@ def test_without_tools_calls_stay_text():
 
 def test_response_follows_openai_schema():
     out = translate_output('[get_weather(city="Paris")]', "stop", tool_names=["get_weather"], new_id=ids())
-    body = chat_response(out, model="m", prompt_tokens=10, completion_tokens=7, response_id="chatcmpl-1", created=5)
+    body = chat_response(
+        out, model="m", prompt_tokens=10, completion_tokens=7, response_id="chatcmpl-1", created=5
+    )
     assert body["object"] == "chat.completion" and body["model"] == "m"
     choice = body["choices"][0]
     assert choice["index"] == 0 and choice["finish_reason"] == "tool_calls"
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"] is None
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}
-    text = chat_response(translate_output("hi", "stop", tool_names=[]), model="m", prompt_tokens=1, completion_tokens=1)
-    assert "tool_calls" not in text["choices"][0]["message"] and text["choices"][0]["message"]["content"] == "hi"
+    text = chat_response(
+        translate_output("hi", "stop", tool_names=[]), model="m", prompt_tokens=1, completion_tokens=1
+    )
+    assert (
+        "tool_calls" not in text["choices"][0]["message"] and text["choices"][0]["message"]["content"] == "hi"
+    )
 
 
 def test_response_validates_with_the_openai_client_types():
     from openai.types.chat import ChatCompletion
 
     out = translate_output('[get_weather(city="Paris")]', "stop", tool_names=["get_weather"])
-    parsed = ChatCompletion.model_validate(chat_response(out, model="m", prompt_tokens=3, completion_tokens=4))
+    parsed = ChatCompletion.model_validate(
+        chat_response(out, model="m", prompt_tokens=3, completion_tokens=4)
+    )
     call = parsed.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
 
@@ -156,7 +176,10 @@ def test_a_valid_request_parses():
         (json.dumps({"model": "m"}).encode(), "messages: Field required"),
         (json.dumps({"messages": []}).encode(), "messages: List should have at least 1 item"),
         (request(tools={"name": "x"}), "tools: Input should be a valid list"),
-        (request(tools=[{"type": "function", "function": {"description": "d"}}]), "tools.0.function.name: Field required"),
+        (
+            request(tools=[{"type": "function", "function": {"description": "d"}}]),
+            "tools.0.function.name: Field required",
+        ),
         (request(tools=[{"type": "function", "function": {"name": ""}}]), "tools.0.function.name"),
         (request(tools=[WEATHER, WEATHER]), "tool names must be unique"),
         (request(n=2), "only n=1 is supported"),
@@ -169,7 +192,9 @@ def test_a_valid_request_parses():
         (request(messages=[{"role": "user"}]), "a 'user' message needs content"),
         (request(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
         (
-            request(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            request(
+                messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+            ),
             "only text parts",
         ),
     ],
@@ -200,13 +225,19 @@ def test_tool_history_renders_like_the_training_data():
                         {
                             "id": "c1",
                             "type": "function",
-                            "function": {"name": "Get Weather Forecast", "arguments": '{"city": "Paris", "days": 3}'},
+                            "function": {
+                                "name": "Get Weather Forecast",
+                                "arguments": '{"city": "Paris", "days": 3}',
+                            },
                         }
                     ],
                 },
                 {"role": "tool", "tool_call_id": "c1", "content": '{"high": 24}'},
                 {"role": "assistant", "content": "Sunny, 24."},
-                {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "Oslo?"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "Oslo?"}],
+                },
             ],
             tools=[SPACED],
         )
@@ -222,7 +253,11 @@ def test_tool_history_renders_like_the_training_data():
 
 def test_consecutive_tool_results_merge_into_one_turn():
     calls = [
-        {"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
+        {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": c})},
+        }
         for i, c in enumerate(["Paris", "Oslo"])
     ]
     msgs = parse_request(
@@ -263,5 +298,7 @@ def test_generation_request_defaults_to_greedy_and_stops_at_end_of_turn():
     gen = generation_request(req, "P", stop=["<|im_end|>"], default_max_tokens=96)
     assert (gen.prompt, gen.n, gen.max_tokens, gen.temperature, gen.top_p) == ("P", 1, 96, 0.0, 1.0)
     assert gen.stop == ["<|im_end|>", "\n\n"]
-    gen = generation_request(parse_request(request(max_completion_tokens=7, temperature=1.2)), "P", stop=[], default_max_tokens=96)
+    gen = generation_request(
+        parse_request(request(max_completion_tokens=7, temperature=1.2)), "P", stop=[], default_max_tokens=96
+    )
     assert (gen.max_tokens, gen.temperature) == (7, 1.2)

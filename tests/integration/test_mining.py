@@ -1,0 +1,91 @@
+"""Deficiency mining on Ray Data with the tiny model: every sample scored once, the rule applied,
+Parquet and summary written; a scorer actor killed mid-stage loses no sample."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from itool_ray.config import load_config
+from itool_ray.data.io import write_samples
+from itool_ray.data.synth import generate
+from itool_ray.mining import deficient_samples
+from itool_ray.mining_stage import read_mined, run_mining
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate(N, seed=0)
+
+
+@pytest.fixture
+def cfg():
+    return load_config(
+        "tiny",
+        overrides={
+            "engine": {"kind": "hf", "cpu_threads": 1},
+            "replicas": {"num_cpus": 1, "max_restarts": 2, "max_request_retries": 2},
+            "mining": {"batch_size": 8, "concurrency": 1, "samples_per_prompt": 2, "ratio": 0.3},
+            "data": {"max_answer_tokens": 24},
+        },
+    )
+
+
+def _check_output(rows, summary, samples):
+    assert [r["id"] for r in rows] == [s.id for s in samples]  # every sample once, in input order
+    assert summary["n"] == N and summary["output"]
+    assert all(len(r["sampled_texts"]) == 2 == len(r["sampled_exact"]) for r in rows)
+    assert all(r["gt_perplexity"] > 1.0 and r["gt_tokens"] > 0 for r in rows)
+    # The rule: floor(0.3 * group size) hard samples per has-call/no-call group, plus every wrong one.
+    n_call = sum(1 for s in samples if s.answer)
+    assert summary["hard"] == int(0.3 * n_call) + int(0.3 * (N - n_call))
+    assert all(r["deficient"] == (r["wrong"] or r["hard"]) for r in rows)
+    assert (
+        summary["deficient"]
+        == sum(r["deficient"] for r in rows)
+        == sum(summary["deficient_by_reason"].values())
+    )
+    assert sum(c["n"] for c in summary["by_category"].values()) == N
+
+
+def test_mining_writes_every_score_and_a_summary(ray_session, tiny_model_dir, samples, cfg, tmp_path):
+    src = tmp_path / "train.parquet"
+    write_samples(samples, str(src))
+    out = tmp_path / "iter_1" / "deficient.parquet"
+    summary = run_mining(str(src), model_dir=tiny_model_dir, out_path=str(out), cfg=cfg)
+    rows = read_mined(str(out))
+    _check_output(rows, summary, samples)
+    kept = deficient_samples(rows)
+    assert len(kept) == summary["deficient"] and {s.id for s in kept} <= {s.id for s in samples}
+    assert 0.0 <= summary["greedy_accuracy"] <= 1.0 and summary["settings"]["rule"] == "wrong_or_hard"
+
+
+def test_killing_a_scorer_actor_mid_stage_loses_no_sample(
+    ray_session, tiny_model_dir, samples, cfg, tmp_path
+):
+    from ray.util.state import list_actors
+
+    src = tmp_path / "train.jsonl"
+    write_samples(samples, str(src))
+    killed: list[int] = []
+
+    def kill_one_scorer(done: int, total: int) -> None:
+        if killed:
+            return
+        address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+        scorers = [a for a in alive if "MapWorker" in a.class_name]
+        assert scorers, f"no Ray Data map worker among {[a.class_name for a in alive]}"
+        os.kill(scorers[0].pid, signal.SIGKILL)
+        killed.append(done)
+
+    out = tmp_path / "mined.parquet"
+    summary = run_mining(
+        str(src), model_dir=tiny_model_dir, out_path=str(out), cfg=cfg, on_batch=kill_one_scorer
+    )
+    assert killed and killed[0] < N, "the actor was not killed mid-stage"
+    _check_output(read_mined(str(out)), summary, samples)

@@ -18,8 +18,13 @@ EXIT_UNAVAILABLE = 3  # a stage this version does not provide yet
 
 def _config_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", "--preset", dest="config", default="quickstart",
-                   help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default: quickstart)")
+    p.add_argument(
+        "--config",
+        "--preset",
+        dest="config",
+        default="quickstart",
+        help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default: quickstart)",
+    )
     return p
 
 
@@ -29,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", parents=[cfgp], help="the whole loop: warm-up → iterations → report (resumable)")
+    r = sub.add_parser(
+        "run", parents=[cfgp], help="the whole loop: warm-up → iterations → report (resumable)"
+    )
     r.add_argument("--restart-from", metavar="STAGE", help="redo this stage and every stage after it")
 
     sub.add_parser("warmup", parents=[cfgp], help="easy→hard warm-up SFT alone")
@@ -41,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="checkpoint directory")
     ev.add_argument("--data", required=True, help="a Samples file, or bfcl:CATEGORIES")
 
-    sv = sub.add_parser("serve", parents=[cfgp], help="OpenAI-compatible endpoint for a checkpoint (Ray Serve)")
+    sv = sub.add_parser(
+        "serve", parents=[cfgp], help="OpenAI-compatible endpoint for a checkpoint (Ray Serve)"
+    )
     sv.add_argument("--model", required=True)
 
     data = sub.add_parser("data", help="synthesise, check and convert tool-use data")
@@ -63,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="prepare models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    imp = msub.add_parser("import-embedded", help="convert the embedded SmolLM2-135M-Instruct GGUF to a HF directory")
+    imp = msub.add_parser(
+        "import-embedded", help="convert the embedded SmolLM2-135M-Instruct GGUF to a HF directory"
+    )
     imp.add_argument("--data-dir", default=None, help="cache directory (default: run.data_dir of the config)")
     tiny = msub.add_parser("tiny", help="build the tiny random test model")
     tiny.add_argument("--data-dir", default=None)
@@ -113,8 +124,11 @@ def _cmd_model(args: argparse.Namespace, cfg: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     from itool_ray.data.io import DatasetError
     from itool_ray.pipeline import StageUnavailable
     from itool_ray.rundir import RunDirError

@@ -62,7 +62,9 @@ class DataConfig(_Section):
 
 
 class WarmupConfig(_Section):
-    buckets: list[Literal["easy", "medium", "hard"]] = Field(default_factory=lambda: ["easy", "medium", "hard"])
+    buckets: list[Literal["easy", "medium", "hard"]] = Field(
+        default_factory=lambda: ["easy", "medium", "hard"]
+    )
     bucket_by: Literal["structural", "perplexity"] = "structural"
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(5e-5, gt=0, lt=1)
@@ -92,7 +94,9 @@ class ReplicaConfig(_Section):
 
 
 class MiningConfig(_Section):
-    ratio: float = Field(0.3, ge=0, le=1)  # hardest fraction by ground-truth perplexity, per call/no-call group
+    ratio: float = Field(
+        0.3, ge=0, le=1
+    )  # hardest fraction by ground-truth perplexity, per call/no-call group
     samples_per_prompt: int = Field(4, ge=0)
     temperature: float = Field(1.0, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -187,15 +191,24 @@ class Config(_Section):
     def _compatible(self) -> Config:
         d = self.distributed
         if d.zero_stage == 3 and d.num_workers == 0:
-            raise ValueError("distributed.zero_stage: 3 needs distributed.num_workers >= 1 (ZeRO-3 shards across workers)")
+            raise ValueError(
+                "distributed.zero_stage: 3 needs distributed.num_workers >= 1 (ZeRO-3 shards across workers)"
+            )
         if d.precision == "fp16" and not d.use_gpu:
-            raise ValueError("distributed.precision: fp16 needs distributed.use_gpu: true (use fp32 or bf16 on CPU)")
+            raise ValueError(
+                "distributed.precision: fp16 needs distributed.use_gpu: true (use fp32 or bf16 on CPU)"
+            )
         if (d.offload_optimizer or d.offload_params) and d.zero_stage == 0:
             raise ValueError("distributed.offload_optimizer/offload_params need distributed.zero_stage >= 1")
         if d.offload_params and d.zero_stage != 3:
             raise ValueError("distributed.offload_params needs distributed.zero_stage: 3")
-        if self.replicas.tensor_parallel_size > 1 and self.replicas.num_gpus < self.replicas.tensor_parallel_size:
-            raise ValueError("replicas.tensor_parallel_size > 1 needs replicas.num_gpus >= tensor_parallel_size")
+        if (
+            self.replicas.tensor_parallel_size > 1
+            and self.replicas.num_gpus < self.replicas.tensor_parallel_size
+        ):
+            raise ValueError(
+                "replicas.tensor_parallel_size > 1 needs replicas.num_gpus >= tensor_parallel_size"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +232,9 @@ def _read_yaml(source: str) -> dict[str, Any]:
     if not path.suffix and source in PRESETS:
         path = preset_path(source)
     elif not path.exists():
-        raise ConfigError(f"config {source!r}: no such file, and not a preset (presets: {', '.join(PRESETS)})")
+        raise ConfigError(
+            f"config {source!r}: no such file, and not a preset (presets: {', '.join(PRESETS)})"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -243,7 +258,9 @@ def _section_fields(path: list[str]) -> dict[str, Any]:
     model: type[BaseModel] = Config
     for part in path:
         field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return {}
         model = field.annotation
     return model.model_fields
@@ -301,7 +318,9 @@ def build_config(data: dict[str, Any]) -> Config:
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
 
 
-def load_config(source: str | None = "quickstart", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(
+    source: str | None = "quickstart", overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
     data = _read_yaml(source) if source else {}
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides

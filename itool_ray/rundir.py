@@ -94,7 +94,9 @@ class RunDir:
         try:
             return self.read_json("manifest.json")
         except json.JSONDecodeError as e:
-            raise RunDirError(f"{self.url('manifest.json')} is corrupt ({e}); move it away to start over") from None
+            raise RunDirError(
+                f"{self.url('manifest.json')} is corrupt ({e}); move it away to start over"
+            ) from None
 
     def stage_done(self, name: str) -> bool:
         """Done = recorded as done and every recorded output still there with the same checksum."""
@@ -127,7 +129,9 @@ class RunDir:
         try:
             yield rec
         except BaseException as e:
-            self._update_stage(name, status="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - start)
+            self._update_stage(
+                name, status="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - start
+            )
             raise
         checksums = {rel: self.checksum(rel) for rel in rec.outputs}
         self._update_stage(

@@ -81,9 +81,10 @@ class HFEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         prompts = [self._prompt_ids(r.prompt, where=f"request {i}") for i, r in enumerate(requests)]
         for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
-            if r.n < 1 or r.max_tokens < 1:
+            if r.n < 1 or r.max_tokens < 1 or r.temperature < 0 or not 0 < r.top_p <= 1:
                 raise EngineError(
-                    f"request {i}: n and max_tokens must be >= 1 (got n={r.n}, max_tokens={r.max_tokens})"
+                    f"request {i}: needs n >= 1, max_tokens >= 1, temperature >= 0 and 0 < top_p <= 1 "
+                    f"(got n={r.n}, max_tokens={r.max_tokens}, temperature={r.temperature}, top_p={r.top_p})"
                 )
             if len(ids) >= self.cfg.max_model_len:
                 raise EngineError(
@@ -224,8 +225,8 @@ class HFEngine:
         for i, (prompt, continuation) in enumerate(items):
             p = self._prompt_ids(prompt, where=f"score item {i} prompt")
             c = self._prompt_ids(continuation, where=f"score item {i} continuation")
-            if not c:
-                raise EngineError(f"score item {i}: empty continuation")
+            if not p or not c:
+                raise EngineError(f"score item {i}: prompt and continuation must both be non-empty")
             if len(p) + len(c) > self.cfg.max_model_len:
                 raise EngineError(
                     f"score item {i}: {len(p) + len(c)} tokens exceed engine.max_model_len={self.cfg.max_model_len}"

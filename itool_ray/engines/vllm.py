@@ -146,17 +146,20 @@ class VLLMEngine:
                     f"request {i}: prompt of {len(ids)} tokens does not fit engine.max_model_len={self.cfg.max_model_len}"
                 )
             prompts.append(_tokens_prompt(ids))
-            params.append(
-                SamplingParams(
-                    n=r.n,
-                    max_tokens=min(r.max_tokens, self.cfg.max_model_len - len(ids)),
-                    temperature=r.temperature,
-                    top_p=r.top_p if r.temperature > 0 else 1.0,
-                    stop=list(r.stop) or None,
-                    seed=self._request_seed(r),
-                    logprobs=0 if r.logprobs else None,  # 0: only the sampled token's logprob
+            try:
+                params.append(
+                    SamplingParams(
+                        n=r.n,
+                        max_tokens=min(r.max_tokens, self.cfg.max_model_len - len(ids)),
+                        temperature=r.temperature,
+                        top_p=r.top_p if r.temperature > 0 else 1.0,
+                        stop=[s for s in r.stop if s] or None,
+                        seed=self._request_seed(r),
+                        logprobs=0 if r.logprobs else None,  # 0: only the sampled token's logprob
+                    )
                 )
-            )
+            except ValueError as e:  # n < 1, max_tokens < 1, top_p out of range, ...
+                raise EngineError(f"request {i}: {e}") from e
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:

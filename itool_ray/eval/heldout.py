@@ -21,10 +21,16 @@ class EvalResult:
     accuracy: dict[str, float]  # category -> exact accuracy, plus "overall"
     mean_score: dict[str, float]  # category -> mean partial-credit score, plus "overall"
     counts: dict[str, int]  # category -> samples, plus "overall"
-    records: list[dict[str, Any]] = field(default_factory=list)  # one per sample: id, category, output, exact, score
+    records: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # one per sample: id, category, output, exact, score
 
     def to_dict(self, *, with_records: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"accuracy": self.accuracy, "mean_score": self.mean_score, "counts": self.counts}
+        out: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "mean_score": self.mean_score,
+            "counts": self.counts,
+        }
         if with_records:
             out["records"] = self.records
         return out
@@ -63,15 +69,27 @@ def evaluate_samples(
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         requests = [
-            GenerationRequest(prompt=render_prompt(tokenizer, s.tools, s.messages, style=style), max_tokens=max_tokens,
-                              temperature=0.0, stop=stop)
+            GenerationRequest(
+                prompt=render_prompt(tokenizer, s.tools, s.messages, style=style),
+                max_tokens=max_tokens,
+                temperature=0.0,
+                stop=stop,
+            )
             for s in batch
         ]
         for s, res in zip(batch, engine.generate(requests), strict=True):
             text = res.completions[0].text
             m = match(text, s)
-            records.append({"id": s.id, "category": s.category, "output": text, "exact": bool(m.exact),
-                            "score": float(m.score), "error": m.error})
+            records.append(
+                {
+                    "id": s.id,
+                    "category": s.category,
+                    "output": text,
+                    "exact": bool(m.exact),
+                    "score": float(m.score),
+                    "error": m.error,
+                }
+            )
         if progress:
             progress(len(batch))
     return summarise(records)

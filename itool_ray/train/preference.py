@@ -20,7 +20,6 @@ reference-free (``cpo_alpha = train.sft_weight``, 0 by default).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,7 +107,7 @@ def run_preference(
         grad_accum=t.grad_accum,
         lr=t.lr,
         scheduler=SCHEDULER,
-        warmup_steps=math.ceil(WARMUP_RATIO * total_steps),
+        warmup_steps=int(WARMUP_RATIO * total_steps),
         seed=cfg.run.seed,
         options=_loss_options(cfg),
         lora=t.lora if t.lora.enabled else None,

@@ -183,6 +183,8 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     phases = summary.get("phases")
     if phases:
         _tag_phases(steps, phases)
+    # Seconds in optimizer steps, summed from the log history (it survives restarts, train_runtime does not).
+    step_seconds = sum(e.get("step_time_s", 0.0) for e in steps)
     summary = dict(summary)
     summary.update(
         kind=job.kind,
@@ -191,12 +193,12 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
         zero_stage=job.dist.zero_stage,
         precision=job.dist.precision,
         resumed_from_step=value["resumed_from_step"],
-        runtime_s=round(final.get("train_runtime", wall), 3),
-        wall_s=round(wall, 3),
         train_loss=final.get("train_loss"),
+        step_seconds=round(step_seconds, 3),
+        wall_s=round(wall, 3),
     )
-    if summary.get("trained_tokens") and summary["runtime_s"]:
-        summary["tokens_per_s"] = round(summary["trained_tokens"] / summary["runtime_s"], 2)
+    if summary.get("trained_tokens") and step_seconds > 0:
+        summary["tokens_per_s"] = round(summary["trained_tokens"] / step_seconds, 2)
     result = TrainResult(model_dir=str(out), steps=steps, summary=summary)
     (out / METRICS_FILE).write_text(json.dumps({"steps": steps, "summary": summary}, indent=1) + "\n")
     shutil.rmtree(state, ignore_errors=True)
@@ -262,6 +264,7 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         trainer = prepare_trainer(
             job.build(job, output_dir=os.path.join(scratch, "hf"), callbacks=[progress])
         )
+        trainer.remove_callback(PrinterCallback)  # prints every log dict; metrics.json has them all
         trainer.train(resume_from_checkpoint=resume_dir)
         trainer.save_model(job.export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
         last = _numeric(next((e for e in reversed(trainer.state.log_history) if "loss" in e), {}))

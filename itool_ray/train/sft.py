@@ -17,7 +17,6 @@ A checkpoint is taken at every phase end, so a restart never repeats a finished 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -194,7 +193,7 @@ def _run_phases(
         grad_accum=w.grad_accum,
         lr=w.lr,
         scheduler=w.scheduler,
-        warmup_steps=math.ceil(w.warmup_ratio * total_steps),
+        warmup_steps=int(w.warmup_ratio * total_steps),
         seed=cfg.run.seed,
         checkpoint_steps=sorted(set(phase_ends[:-1]) | set(every)),
     )

@@ -178,6 +178,12 @@ def test_prompt_longer_than_max_model_len_is_an_engine_error(engine):
         engine.generate([GenerationRequest([5] * CFG.max_model_len, max_tokens=4)])
 
 
+@pytest.mark.parametrize("bad", [{"n": 0}, {"max_tokens": 0}, {"top_p": 0.0, "temperature": 1.0}])
+def test_invalid_request_is_an_engine_error(engine, bad):
+    with pytest.raises(EngineError, match="request 0"):
+        engine.generate([GenerationRequest(PROMPTS[0], **bad)])
+
+
 def test_hf_seeded_sampling_does_not_depend_on_the_batch(engines):
     hf = engines.get("hf")
     req = GenerationRequest(PROMPTS[0], n=2, max_tokens=10, temperature=1.0, seed=11)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import random
-import sys
 import tempfile
-import types
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-root-")
 pytest.importorskip("bfcl_eval")
 
 from itool_ray.data.bfcl import load_bfcl  # noqa: E402
+from itool_ray.eval.bfcl import bfcl_checker  # noqa: E402
 from itool_ray.reward import match  # noqa: E402
 from itool_ray.toolcall import FunctionCall, format_calls  # noqa: E402
 
@@ -32,63 +31,6 @@ CATEGORIES = os.environ.get(
 ).split(",")
 BFCL_TEST_CATEGORY = {"simple": "simple_python"}
 AGREEMENT = 0.995
-
-
-def _import_bfcl() -> tuple[Any, Any, Any, Any, str]:
-    """BFCL's decoder and checker. Their modules import every API client (for the model registry),
-    tree-sitter (Java/JS parsers) and tenacity; where those are missing they are stubbed during the
-    import: the checker only reads ``underscore_to_dot`` from the registry, and Python decoding never
-    calls the Java/JS parsers or the retry helpers.
-    """
-
-    def load() -> tuple[Any, ...]:
-        from bfcl_eval.constants.enums import Language
-        from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
-        from bfcl_eval.model_handler.utils import default_decode_ast_prompting
-        from bfcl_eval.utils import is_empty_output
-
-        return ast_checker, default_decode_ast_prompting, is_empty_output, Language
-
-    try:
-        from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
-
-        model = next(k for k, v in MODEL_CONFIG_MAPPING.items() if not v.underscore_to_dot and "_" not in k)
-        return (*load(), model.replace("/", "_"))
-    except ImportError:
-        pass
-
-    registry = types.ModuleType("bfcl_eval.constants.model_config")
-    registry.MODEL_CONFIG_MAPPING = collections.defaultdict(
-        lambda: types.SimpleNamespace(underscore_to_dot=False)
-    )
-    java = types.ModuleType("bfcl_eval.model_handler.parser.java_parser")
-    java.parse_java_function_call = None
-    js = types.ModuleType("bfcl_eval.model_handler.parser.js_parser")
-    js.parse_javascript_function_call = None
-    tenacity = types.ModuleType("tenacity")
-    for name in ("retry", "retry_if_exception_message", "retry_if_exception_type", "wait_random_exponential"):
-        setattr(tenacity, name, None)
-    installed = []
-    for mod in (registry, java, js, tenacity):
-        if mod is registry or _missing(mod.__name__):
-            installed.append((mod.__name__, sys.modules.get(mod.__name__, ...)))
-            sys.modules[mod.__name__] = mod
-    try:
-        return (*load(), "stub-model")
-    finally:
-        for name, before in installed:
-            if before is ...:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = before
-
-
-def _missing(module: str) -> bool:
-    try:
-        __import__(module)
-        return False
-    except ImportError:
-        return True
 
 
 # -- corrupted variants --------------------------------------------------------------------------------
@@ -291,7 +233,14 @@ def _format_nested(calls: list[FunctionCall], sample: Any) -> str:
 
 
 def test_exact_agrees_with_bfcl_checker():
-    ast_checker, decode, is_empty_output, language, model = _import_bfcl()
+    c = bfcl_checker()
+    ast_checker, decode, is_empty_output, language, model = (
+        c.ast_checker,
+        c.decode,
+        c.is_empty_output,
+        c.language,
+        c.model_name,
+    )
     samples = load_bfcl(CATEGORIES)
     assert len(samples) > 1000
     rng = random.Random(0)

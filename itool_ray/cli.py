@@ -42,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("warmup", parents=[cfgp], help="easy→hard warm-up SFT alone")
     it = sub.add_parser("iterate", parents=[cfgp], help="one stage of an iteration alone")
     it.add_argument("--stage", choices=["mine", "search", "pairs", "train"], required=True)
-    it.add_argument("--iteration", type=int, default=1)
+    it.add_argument("--iteration", type=int, default=1, help="redo this stage of iteration N (earlier stages run if missing)")
 
     ev = sub.add_parser("eval", parents=[cfgp], help="evaluate a checkpoint on held-out samples or BFCL")
     ev.add_argument("--model", required=True, help="checkpoint directory")
-    ev.add_argument("--data", required=True, help="a Samples file, or bfcl:CATEGORIES")
+    ev.add_argument("--data", required=True, help="a Samples file/spec, or bfcl:CATEGORIES (e.g. bfcl:simple,multiple)")
+    ev.add_argument("--limit", type=int, help="at most this many samples (per category for bfcl:)")
+    ev.add_argument("--out", help="write per-sample results and accuracies as JSON")
 
     sv = sub.add_parser(
         "serve", parents=[cfgp], help="OpenAI-compatible endpoint for a checkpoint (Ray Serve)"
@@ -85,11 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _unavailable(what: str, issue: str) -> int:
-    print(f"itool: {what} is not built yet ({issue}).", file=sys.stderr)
-    return EXIT_UNAVAILABLE
-
-
 def _cmd_data(args: argparse.Namespace) -> int:
     from itool_ray.data.io import write_samples
 
@@ -122,6 +119,50 @@ def _cmd_model(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
+    import json
+
+    from itool_ray.engines import make_engine
+    from itool_ray.eval.report import results_table
+    from itool_ray.models import load_tokenizer, resolve_model
+
+    model_dir = resolve_model(args.model, data_dir=cfg.run.data_dir)
+    tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
+    engine = make_engine(cfg.engine.kind, model_dir, cfg.engine, dtype=cfg.model.dtype, seed=cfg.run.seed)
+    try:
+        if args.data.startswith("bfcl:"):
+            from itool_ray.eval.bfcl import evaluate_bfcl
+
+            res = evaluate_bfcl(args.data[5:].split(","), engine, tokenizer, max_tokens=cfg.eval.max_tokens,
+                                batch_size=cfg.eval.batch_size, limit=args.limit)
+        else:
+            from itool_ray.data.loaders import load_samples
+            from itool_ray.eval.heldout import evaluate_samples
+
+            samples, report = load_samples(args.data, strict=cfg.data.strict, limit=args.limit)
+            print(report.summary())
+            res = evaluate_samples(samples, engine, tokenizer, style=cfg.data.prompt_style,
+                                   max_tokens=cfg.eval.max_tokens, batch_size=cfg.eval.batch_size)
+    finally:
+        engine.close()
+    print(results_table({"accuracy": res.accuracy}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res.to_dict(with_records=True), f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    from actors.serve_app import serve_forever
+    from itool_ray.models import resolve_model
+    from itool_ray.pipeline import init_ray
+
+    init_ray()
+    serve_forever(resolve_model(args.model, data_dir=cfg.run.data_dir), cfg)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
     logging.basicConfig(
@@ -130,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from itool_ray.data.io import DatasetError
-    from itool_ray.pipeline import StageUnavailable
+    from itool_ray.pipeline import StageFailed, StageUnavailable
     from itool_ray.rundir import RunDirError
 
     try:
@@ -144,24 +185,31 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if args.command == "model":
             return _cmd_model(args, cfg)
-        if args.command == "run":
+        if args.command in ("run", "warmup"):
+            from itool_ray.eval.report import collect_results, results_table
             from itool_ray.pipeline import run_pipeline
 
-            run = run_pipeline(cfg, restart_from=args.restart_from)
+            until = "eval_warmup" if args.command == "warmup" else None
+            run = run_pipeline(cfg, restart_from=getattr(args, "restart_from", None), until=until)
+            results = collect_results(run, cfg)
+            if any(isinstance(v, dict) for v in results.values()):
+                print("\nHeld-out accuracy (BFCL-exact):\n" + results_table(results))
+            print(f"\nrun directory: {run.uri}  (wall time {results['wall_s'] / 60:.1f} min)")
+            return 0
+        if args.command == "iterate":
+            from itool_ray.pipeline import run_pipeline
+
+            run = run_pipeline(cfg, until=f"iter_{args.iteration}/{args.stage}", redo=True)
             print(f"run directory: {run.uri}")
             return 0
-        if args.command == "warmup":
-            return _unavailable("itool warmup", "warm-up SFT, issue #5")
-        if args.command == "iterate":
-            return _unavailable(f"itool iterate --stage {args.stage}", "issues #3–#5")
         if args.command == "eval":
-            return _unavailable("itool eval", "evaluation, issue #6")
+            return _cmd_eval(args, cfg)
         if args.command == "serve":
-            return _unavailable("itool serve", "serving, issue #6")
+            return _cmd_serve(args, cfg)
     except ConfigError as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatasetError, RunDirError, FileNotFoundError) as e:
+    except (DatasetError, RunDirError, FileNotFoundError, StageFailed) as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StageUnavailable as e:

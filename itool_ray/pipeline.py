@@ -1,17 +1,25 @@
 """The single-controller loop (DESIGN §1): stages over a run directory, resumable.
 
-    warmup SFT → eval → K × (mine → search → pairs → train → reload → eval) → report
+    data → model → eval base → warm-up SFT → eval
+         → K × (mine → search → pairs → train → eval)
+         → equal-compute SFT control → eval → report
 
-Each stage reads and writes the run directory; ``manifest.json`` records what is done, so re-running
-the same command after a crash skips completed stages. Stages that are not built yet raise
-``StageUnavailable`` naming what is missing — nothing pretends.
+Each stage reads and writes the run directory and is recorded in ``manifest.json``; re-running the same
+command after a crash skips every stage whose outputs are complete (``--restart-from STAGE`` redoes a
+stage and all after it). The policy is served by a pool of Ray actor replicas that lives only during the
+generation stages (evaluation, search); mining (Ray Data actors) and training (Ray Train workers) get the
+cluster's CPUs/GPUs to themselves.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from itool_ray.config import Config
 from itool_ray.rundir import RunDir
@@ -20,9 +28,90 @@ log = logging.getLogger("itool")
 
 
 class StageUnavailable(RuntimeError):
-    """A pipeline stage that this version of itool-ray does not provide yet."""
+    """A pipeline stage that this version of itool-ray does not provide."""
 
 
+class StageFailed(RuntimeError):
+    """A stage stopped for a reason the user can act on (the message says which stage and why)."""
+
+
+def _expected_failures() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this input/config cannot work", reported without a traceback."""
+    from itool_ray.mcts.search import SearchFailedError
+    from itool_ray.mining_stage import MiningError
+    from itool_ray.models import ModelError
+    from itool_ray.train.common import TrainError
+
+    return (TrainError, MiningError, SearchFailedError, ModelError, ValueError)
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What the stages share: the config, the run directory, and the policy pool while it is up."""
+
+    cfg: Config
+    run: RunDir
+    _pool: Any = None
+    _pool_model: str | None = None
+    _tokenizer: Any = None
+    _samples: dict[str, list] = field(default_factory=dict)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def samples(self, split: str) -> list:
+        if split not in self._samples:
+            from itool_ray.data.loaders import load_samples
+
+            samples, report = load_samples(self.run.url("data", f"{split}.jsonl"), strict=True)
+            self._samples[split] = samples
+        return self._samples[split]
+
+    def base_model(self) -> str:
+        return self.run.read_text("model/base_path.txt").strip()
+
+    def policy_dir(self, stage_dir: str) -> str:
+        """The checkpoint a training stage left (its ``policy.txt``), as a local directory."""
+        return self.run.read_text(f"{stage_dir}/policy.txt").strip()
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from itool_ray.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.base_model(), data_dir=self.cfg.run.data_dir)
+        return self._tokenizer
+
+    # -- the policy pool ----------------------------------------------------------------------------------
+    def pool(self, model_dir: str) -> Any:
+        """Replicas serving ``model_dir``: started on first use, reloaded in place when the model changes."""
+        from actors.pool import ReplicaPool
+
+        if self._pool is None:
+            t = time.time()
+            self._pool = ReplicaPool.from_config(self.cfg, model_dir)
+            log.info("policy: %d replica(s) up in %.1f s (%s)", self.cfg.replicas.num_replicas, time.time() - t, model_dir)
+        elif self._pool_model != model_dir:
+            self._pool.load_weights(model_dir, version=model_dir)
+            log.info("policy: replicas reloaded %s", model_dir)
+        self._pool_model = model_dir
+        return self._pool
+
+    def release_pool(self) -> None:
+        """Give the replicas' CPUs/GPUs back (before mining and training)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool, self._pool_model = None, None
+
+
+Stage = Callable[[Context], None]
+
+
+# ---------------------------------------------------------------------------------------------------------
 def load_split(cfg: Config, split: str) -> tuple[list, str]:
     """The samples of one split (train | heldout) as configured, and a one-line load summary."""
     from itool_ray.data.loaders import load_samples
@@ -37,26 +126,27 @@ def load_split(cfg: Config, split: str) -> tuple[list, str]:
     return samples, report.summary()
 
 
-def stage_data(cfg: Config, run: RunDir) -> None:
+def stage_data(ctx: Context) -> None:
     """Load (or synthesise) the train and held-out splits into ``data/``."""
     from itool_ray.data.io import write_samples
 
-    with run.stage("data") as st:
+    with ctx.run.stage("data") as st:
         for split in ("train", "heldout"):
-            samples, summary = load_split(cfg, split)
+            samples, summary = load_split(ctx.cfg, split)
             if not samples:
                 raise ValueError(f"data.{split}: no usable samples ({summary})")
-            write_samples(samples, run.path("data", f"{split}.jsonl"))
+            write_samples(samples, ctx.run.url("data", f"{split}.jsonl"))
             st.outputs.append(f"data/{split}.jsonl")
             st.summary[split] = summary
             log.info("data: %s: %s", split, summary)
 
 
-def stage_model(cfg: Config, run: RunDir) -> None:
+def stage_model(ctx: Context) -> None:
     """Resolve the base model into a local Hugging Face directory (imports the embedded GGUF once)."""
     from itool_ray.models import resolve_model
 
-    with run.stage("model") as st:
+    cfg = ctx.cfg
+    with ctx.run.stage("model") as st:
         path = resolve_model(
             cfg.model.name_or_path,
             data_dir=cfg.run.data_dir,
@@ -64,29 +154,269 @@ def stage_model(cfg: Config, run: RunDir) -> None:
             tiny_layers=cfg.model.tiny_layers,
             tiny_vocab_size=cfg.model.tiny_vocab_size,
         )
-        run.write_text("model/base_path.txt", path + "\n")
+        ctx.run.write_text("model/base_path.txt", path + "\n")
         st.outputs.append("model/base_path.txt")
         st.summary["base_model"] = path
 
 
-def _unavailable(name: str, issue: str) -> Callable[[Config, RunDir], None]:
-    def stage(cfg: Config, run: RunDir) -> None:
-        raise StageUnavailable(f"stage '{name}' is not built yet ({issue}); the run stopped here")
+def _evaluate(ctx: Context, name: str, model_dir: str, out_rel: str) -> None:
+    from itool_ray.eval.heldout import evaluate_samples
 
-    return stage
+    cfg = ctx.cfg
+    with ctx.run.stage(name) as st:
+        pool = ctx.pool(model_dir)
+        heldout = ctx.samples("heldout")
+        bar = _bar(len(heldout), f"{name}: held-out")
+        try:
+            res = evaluate_samples(heldout, pool, ctx.tokenizer(), style=cfg.data.prompt_style,
+                                   max_tokens=cfg.eval.max_tokens, batch_size=cfg.eval.batch_size, progress=bar.update)
+        finally:
+            bar.close()
+        out: dict[str, Any] = {"model": model_dir, "heldout": res.to_dict(with_records=True)}
+        if cfg.eval.bfcl_categories:
+            from itool_ray.eval.bfcl import evaluate_bfcl
+
+            bres = evaluate_bfcl(cfg.eval.bfcl_categories, pool, ctx.tokenizer(), max_tokens=cfg.eval.max_tokens,
+                                 batch_size=cfg.eval.batch_size)
+            out["bfcl"] = bres.to_dict(with_records=True)
+            st.summary["bfcl"] = bres.accuracy
+        ctx.run.write_json(out_rel, out)
+        st.outputs.append(out_rel)
+        st.summary["accuracy"] = res.accuracy
+        log.info("%s: held-out accuracy %s", name, _fmt_acc(res.accuracy))
 
 
-def stages(cfg: Config) -> list[tuple[str, Callable[[Config, RunDir], None]]]:
-    out = [
+def _fmt_acc(acc: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
+
+
+def stage_eval_base(ctx: Context) -> None:
+    _evaluate(ctx, "eval_base", ctx.base_model(), "evals/base.json")
+
+
+def _local_dir(ctx: Context, rel: str) -> str:
+    from itool_ray.rundir import local_path
+
+    p = local_path(ctx.run.url(rel))
+    if p is None:
+        raise StageUnavailable(
+            f"training writes checkpoints to a local or shared filesystem; run.root={ctx.cfg.run.root!r} is "
+            "remote. Use a shared filesystem path (e.g. /mnt/shared/runs) for run.root"
+        )
+    return str(p)
+
+
+def stage_warmup(ctx: Context) -> None:
+    from itool_ray.train.sft import run_warmup
+
+    ctx.release_pool()
+    with ctx.run.stage("warmup") as st:
+        res = run_warmup(ctx.samples("train"), model_dir=ctx.base_model(), out_dir=_local_dir(ctx, "warmup/ckpt"),
+                         cfg=ctx.cfg)
+        ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
+        st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
+        st.summary.update(_train_summary(res))
+
+
+def _train_summary(res: Any) -> dict[str, Any]:
+    keep = ("trained_tokens", "loss_tokens", "tokens_per_s", "runtime_s", "train_loss", "global_steps")
+    return {k: res.summary[k] for k in keep if k in res.summary}
+
+
+def stage_eval_warmup(ctx: Context) -> None:
+    _evaluate(ctx, "eval_warmup", ctx.policy_dir("warmup"), "warmup/eval.json")
+
+
+def _prev_policy(ctx: Context, k: int) -> str:
+    return ctx.policy_dir("warmup" if k == 1 else f"iter_{k - 1}")
+
+
+def stage_mine(ctx: Context, k: int) -> None:
+    from itool_ray.mining_stage import run_mining
+
+    ctx.release_pool()
+    name = f"iter_{k}/mine"
+    with ctx.run.stage(name) as st:
+        n = len(ctx.samples("train"))
+        bar = _bar(n, f"{name}: samples")
+        try:
+            summary = run_mining(ctx.run.url("data", "train.jsonl"), model_dir=_prev_policy(ctx, k),
+                                 out_path=ctx.run.url(f"iter_{k}", "deficient.parquet"), cfg=ctx.cfg,
+                                 on_batch=lambda done, total: bar.update(done - bar.n))
+        finally:
+            bar.close()
+        ctx.run.write_json(f"iter_{k}/mining_summary.json", summary)
+        st.outputs += [f"iter_{k}/deficient.parquet", f"iter_{k}/mining_summary.json"]
+        st.summary.update({key: summary[key] for key in ("deficient", "total") if key in summary})
+
+
+def _mined(ctx: Context, k: int) -> list[dict[str, Any]]:
+    from itool_ray.mining_stage import read_mined
+
+    return read_mined(ctx.run.url(f"iter_{k}", "deficient.parquet"))
+
+
+def stage_search(ctx: Context, k: int) -> None:
+    from itool_ray.mcts import SearchTask, run_search
+    from itool_ray.mining import deficient_samples
+    from itool_ray.prompts import render_prompt
+
+    name = f"iter_{k}/search"
+    with ctx.run.stage(name) as st:
+        samples = deficient_samples(_mined(ctx, k))
+        tok = ctx.tokenizer()
+        tasks = [SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style)) for s in samples]
+        lines: list[str] = []
+        stats: dict[str, Any] = {"trees_total": 0}
+        if tasks:
+            pool = ctx.pool(_prev_policy(ctx, k))
+            bar = _bar(len(tasks), f"{name}: trees")
+            try:
+                result = run_search(tasks, pool.generate, ctx.cfg.mcts, progress=lambda tree: bar.update(1))
+            finally:
+                bar.close()
+            lines = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.trees]
+            stats = result.stats.to_dict()
+        ctx.run.write_text(f"iter_{k}/trees.jsonl", "".join(line + "\n" for line in lines))
+        ctx.run.write_json(f"iter_{k}/search_stats.json", stats)
+        st.outputs += [f"iter_{k}/trees.jsonl", f"iter_{k}/search_stats.json"]
+        st.summary.update({key: stats.get(key) for key in ("trees_total", "trees_done", "trees_failed",
+                                                            "generated_tokens", "wall_s")})
+        log.info("%s: %s", name, stats)
+
+
+def _policy_answer(row: dict[str, Any]) -> str | None:
+    """The policy's deficient answer for a ground-truth pair: the greedy one if wrong, else the worst sample."""
+    if not row["greedy_exact"]:
+        return row["greedy_text"]
+    wrong = [(s, t) for s, t, e in zip(row["sampled_scores"], row["sampled_texts"], row["sampled_exact"], strict=True)
+             if not e]
+    return min(wrong)[1] if wrong else None
+
+
+def stage_pairs(ctx: Context, k: int) -> None:
+    from itool_ray.data.schema import Sample
+    from itool_ray.mcts import Tree, build_pairs
+
+    name = f"iter_{k}/pairs"
+    with ctx.run.stage(name) as st:
+        rows = [r for r in _mined(ctx, k) if r["deficient"]]
+        samples = {r["id"]: Sample.model_validate(json.loads(r["sample"])) for r in rows}
+        text = ctx.run.read_text(f"iter_{k}/trees.jsonl")
+        trees = [Tree.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
+        deficient = [(samples[r["id"]], a) for r in rows if (a := _policy_answer(r)) is not None]
+        pairs, stats = build_pairs(trees, samples, ctx.cfg.pairs, iteration=k, deficient=deficient)
+        ctx.run.write_text(f"iter_{k}/pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+        ctx.run.write_json(f"iter_{k}/pair_stats.json", stats.to_dict())
+        st.outputs += [f"iter_{k}/pairs.jsonl", f"iter_{k}/pair_stats.json"]
+        st.summary.update(stats.to_dict())
+        log.info("%s: %d pairs (%s)", name, len(pairs), stats.to_dict())
+
+
+def stage_train(ctx: Context, k: int) -> None:
+    from itool_ray.train.preference import run_preference
+
+    ctx.release_pool()
+    name = f"iter_{k}/train"
+    with ctx.run.stage(name) as st:
+        text = ctx.run.read_text(f"iter_{k}/pairs.jsonl")
+        pairs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not pairs:
+            # Nothing to learn from: the policy carries over unchanged, and the control gets no tokens for it.
+            ctx.run.write_text(f"iter_{k}/policy.txt", _prev_policy(ctx, k) + "\n")
+            st.outputs.append(f"iter_{k}/policy.txt")
+            st.summary.update({"pairs": 0, "trained_tokens": 0, "skipped": "no pairs"})
+            log.warning("%s: no pairs, the policy carries over", name)
+            return
+        res = run_preference(pairs, model_dir=_prev_policy(ctx, k), out_dir=_local_dir(ctx, f"iter_{k}/ckpt"),
+                             cfg=ctx.cfg)
+        ctx.run.write_text(f"iter_{k}/policy.txt", res.model_dir + "\n")
+        st.outputs += [f"iter_{k}/policy.txt", f"iter_{k}/ckpt"]
+        st.summary.update({"pairs": len(pairs), **_train_summary(res)})
+
+
+def stage_eval_iter(ctx: Context, k: int) -> None:
+    _evaluate(ctx, f"iter_{k}/eval", ctx.policy_dir(f"iter_{k}"), f"iter_{k}/eval.json")
+
+
+def _iteration_tokens(ctx: Context) -> int:
+    stages = ctx.run.manifest()["stages"]
+    return sum(int(stages[f"iter_{k}/train"]["summary"].get("trained_tokens", 0))
+               for k in range(1, ctx.cfg.run.iterations + 1))
+
+
+def stage_control(ctx: Context) -> None:
+    """The equal-compute control: the warm-up model trained further with plain SFT on the same samples,
+    for as many training tokens as the preference iterations used."""
+    from itool_ray.train.sft import run_sft
+
+    ctx.release_pool()
+    with ctx.run.stage("control") as st:
+        budget = _iteration_tokens(ctx)
+        if budget == 0:
+            ctx.run.write_text("control/policy.txt", ctx.policy_dir("warmup") + "\n")
+            st.outputs.append("control/policy.txt")
+            st.summary.update({"token_budget": 0, "trained_tokens": 0})
+            return
+        res = run_sft(ctx.samples("train"), model_dir=ctx.policy_dir("warmup"), out_dir=_local_dir(ctx, "control/ckpt"),
+                      cfg=ctx.cfg, token_budget=budget)
+        ctx.run.write_text("control/policy.txt", res.model_dir + "\n")
+        st.outputs += ["control/policy.txt", "control/ckpt"]
+        st.summary.update({"token_budget": budget, **_train_summary(res)})
+
+
+def stage_eval_control(ctx: Context) -> None:
+    _evaluate(ctx, "eval_control", ctx.policy_dir("control"), "control/eval.json")
+
+
+def stage_report(ctx: Context) -> None:
+    from itool_ray.eval.report import write_report
+
+    ctx.release_pool()
+    with ctx.run.stage("report") as st:
+        results = write_report(ctx.run, ctx.cfg)
+        st.outputs += ["results.json", "report.md"]
+        st.summary["overall"] = {k: v["overall"] for k, v in results.items() if isinstance(v, dict)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+def stages(cfg: Config) -> list[tuple[str, Stage]]:
+    plan: list[tuple[str, Stage]] = [
         ("data", stage_data),
         ("model", stage_model),
-        ("warmup", _unavailable("warmup", "warm-up SFT, issue #5")),
+        ("eval_base", stage_eval_base),
+        ("warmup", stage_warmup),
+        ("eval_warmup", stage_eval_warmup),
     ]
-    return out
+    for k in range(1, cfg.run.iterations + 1):
+        plan += [
+            (f"iter_{k}/mine", lambda ctx, k=k: stage_mine(ctx, k)),
+            (f"iter_{k}/search", lambda ctx, k=k: stage_search(ctx, k)),
+            (f"iter_{k}/pairs", lambda ctx, k=k: stage_pairs(ctx, k)),
+            (f"iter_{k}/train", lambda ctx, k=k: stage_train(ctx, k)),
+            (f"iter_{k}/eval", lambda ctx, k=k: stage_eval_iter(ctx, k)),
+        ]
+    plan += [("control", stage_control), ("eval_control", stage_eval_control), ("report", stage_report)]
+    return plan
 
 
-def run_pipeline(cfg: Config, *, restart_from: str | None = None) -> RunDir:
+def init_ray() -> None:
+    """Join the cluster a job was submitted to (RAY_ADDRESS), or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+
+
+def run_pipeline(cfg: Config, *, restart_from: str | None = None, until: str | None = None,
+                 redo: bool = False) -> RunDir:
+    """Run the stages in order, skipping completed ones; stop after ``until`` (``redo``: redo that one)."""
     run = RunDir(cfg.run.dir)
+    if run.exists("config.yaml"):
+        old = run.read_text("config.yaml")
+        if old != cfg.to_yaml():
+            log.warning("the config differs from the one this run directory was started with; completed stages "
+                        "are kept (use --restart-from STAGE to redo them)")
     run.write_text("config.yaml", cfg.to_yaml())
     plan = stages(cfg)
     names = [n for n, _ in plan]
@@ -94,13 +424,29 @@ def run_pipeline(cfg: Config, *, restart_from: str | None = None) -> RunDir:
         if restart_from not in names:
             raise ValueError(f"--restart-from {restart_from!r}: unknown stage (stages: {', '.join(names)})")
         run.forget_from(names[names.index(restart_from) :])
+    if until is not None:
+        if until not in names:
+            raise ValueError(f"stage {until!r} is not in this run's plan (stages: {', '.join(names)})")
+        plan = plan[: names.index(until) + 1]
+        if redo:
+            run.forget_from([until])
+    ctx = Context(cfg, run)
+    init_ray()
     t0 = time.time()
-    for name, fn in plan:
-        if run.stage_done(name):
-            log.info("%s: done before, skipped", name)
-            continue
-        t = time.time()
-        fn(cfg, run)
-        log.info("%s: finished in %.1f s", name, time.time() - t)
+    try:
+        for i, (name, fn) in enumerate(plan, 1):
+            if run.stage_done(name):
+                log.info("[%d/%d] %s: done before, skipped", i, len(plan), name)
+                continue
+            t = time.time()
+            log.info("[%d/%d] %s ...", i, len(plan), name)
+            try:
+                fn(ctx)
+            except _expected_failures() as e:
+                raise StageFailed(f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
+                                  "stages are kept)") from e
+            log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
+    finally:
+        ctx.release_pool()
     log.info("run %s finished in %.1f s", run.uri, time.time() - t0)
     return run

@@ -137,6 +137,7 @@ class VLLMEngine:
     # ------------------------------------------------------------------------------------------ generate
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
 
         prompts, params = [], []
         for i, r in enumerate(requests):
@@ -158,7 +159,7 @@ class VLLMEngine:
                         logprobs=0 if r.logprobs else None,  # 0: only the sampled token's logprob
                     )
                 )
-            except ValueError as e:  # n < 1, max_tokens < 1, top_p out of range, ...
+            except (ValueError, VLLMValidationError) as e:  # n < 1, max_tokens < 1, top_p out of range, ...
                 raise EngineError(f"request {i}: {e}") from e
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -175,7 +175,7 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
             precompute_ref_batch_size=2 * job.micro_batch_size,
         )
         trainer_cls = _dpo_trainer_class()
-    tokenizer = load_tokenizer(job.model_dir, data_dir=output_dir)
+    tokenizer = load_tokenizer(job.model_dir, data_dir=job.out_dir)  # a directory: data_dir unused
     model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
     return trainer_cls(
         model=model,

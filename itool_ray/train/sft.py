@@ -248,7 +248,7 @@ def build_sft_trainer(job: TrainJob, *, output_dir: str, callbacks: list[Any]) -
         max_length=None,  # rows were length-checked when they were built
         packing=False,
     )
-    tokenizer = load_tokenizer(job.model_dir, data_dir=output_dir)
+    tokenizer = load_tokenizer(job.model_dir, data_dir=job.out_dir)  # a directory: data_dir unused
     model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
     return SFTTrainer(
         model=model,

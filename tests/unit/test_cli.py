@@ -1,8 +1,6 @@
 import json
 
-import pytest
-
-from itool_ray.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from itool_ray.cli import EXIT_USAGE, main
 
 
 def test_config_show_prints_resolved_overrides(capsys):
@@ -20,12 +18,6 @@ def test_unknown_override_key_exits_with_usage_error(capsys):
 def test_bad_value_exits_with_usage_error_naming_the_key(capsys):
     assert main(["config", "show", "--engine.kind", "tensorrt"]) == EXIT_USAGE
     assert "engine.kind" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv", [["serve", "--model", "x"], ["eval", "--model", "x", "--data", "y"]])
-def test_stages_not_built_say_so_and_fail(argv, capsys):
-    assert main(argv) == EXIT_UNAVAILABLE
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_data_synth_writes_deterministic_jsonl(tmp_path, capsys):

@@ -71,7 +71,6 @@ class ReplicaPool:
         engine_cfg: EngineConfig,
         replica_cfg: ReplicaConfig,
         *,
-        kind: str | None = None,
         dtype: str = "float32",
         seed: int = 0,
         ready_timeout_s: float = 600.0,
@@ -83,8 +82,6 @@ class ReplicaPool:
         self.version = BASE_VERSION
         self.weights_dir: str | None = None  # None = the weights the replicas were built with
         self.generation = 0  # bumped by every reload; replicas ignore stale reload and sync calls
-        if kind is not None:
-            engine_cfg = engine_cfg.model_copy(update={"kind": kind})
         engine_cfg = cpu_engine_config(engine_cfg, replica_cfg)
         options = replica_options(replica_cfg, engine_cfg)
         engine_kwargs = (
@@ -103,7 +100,11 @@ class ReplicaPool:
         ]
         self._homes: dict[Hashable, _Replica] = {}
         self._lock = threading.Lock()
-        self.wait_ready(ready_timeout_s)
+        try:
+            self.wait_ready(ready_timeout_s)
+        except BaseException:
+            self.close()  # do not leave half a pool holding the cluster's resources
+            raise
 
     @classmethod
     def from_config(cls, cfg: Config, model_dir: str, **kwargs: Any) -> ReplicaPool:

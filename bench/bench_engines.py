@@ -55,7 +55,7 @@ QUESTIONS_FALLBACK = [
 CITIES = ["Paris", "Berlin", "Lima", "Oslo", "Kyoto", "Cairo", "Austin", "Porto"]
 
 
-def make_prompts(tokenizer, count: int) -> tuple[list[str], str]:
+def make_prompts(tokenizer, count: int, n_tools: int) -> tuple[list[str], str]:
     """``count`` chat prompts sharing one system prompt (same tools); returns them and how they were made."""
     try:
         from itool_ray.data.synth import generate, tool_catalogue
@@ -63,10 +63,13 @@ def make_prompts(tokenizer, count: int) -> tuple[list[str], str]:
     except ImportError:
         render_prompt = None
     if render_prompt is not None:
-        tools = tool_catalogue("train")[:10]
+        tools = tool_catalogue("train")[:n_tools]
         samples = generate(count, seed=0, split="train")
         prompts = [render_prompt(tokenizer, tools, s.messages, style="compact") for s in samples]
-        return prompts, "itool_ray.prompts.render_prompt (compact), 10 shared tools, synthetic questions"
+        return (
+            prompts,
+            f"itool_ray.prompts.render_prompt (compact), {n_tools} shared tools, synthetic questions",
+        )
     system = "You can call these tools. Reply with a list of calls like [f(a=1)].\n" + json.dumps(
         TOOLS_FALLBACK
     )
@@ -143,6 +146,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="~/.cache/itool-ray")
     ap.add_argument("--engines", default="vllm,hf")
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--tools", type=int, default=4, help="tools in the shared system prompt")
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -168,7 +172,7 @@ def main() -> None:
         args.model_dir = resolve_model("tiny", data_dir=args.data_dir)
         note = f"NOTE: {args.model} unavailable ({e}); measured on the tiny model instead"
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    prompts, how = make_prompts(tokenizer, args.prompts)
+    prompts, how = make_prompts(tokenizer, args.prompts, args.tools)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     prompts_file = os.path.join(os.path.expanduser(args.data_dir), "bench_prompts.json")
     os.makedirs(os.path.dirname(prompts_file), exist_ok=True)

@@ -128,7 +128,7 @@ TOKENS = [
     "f(", "g(a=", "x=1", "a=", "True", "None", "1e999", "0x", "1_0", "-0.0", "1j", "...", "**", "*",
     "from=", "class=", "lambda: ", "__import__('os')", ".system('id')", "open('/tmp/x', 'w')", "exec('1')",
     "eval", "globals()", "().__class__.__bases__", "(x:=1)", "[i for i in ()]", 'f"{x}"', "f'{1}'",
-    "b'x'", "not ", " if 1 else ", "await ", "yield", "1if", "9" * 40, "Get Weather Forecast", "get-time(",
+    "b'x'", "not ", " if 1 else ", "await ", "yield", "1if", "1if 1 else 2", "1or 2", "9" * 40, "Get Weather Forecast", "get-time(",
     "_itool_fn0_", "_itool_kw0_", "```", "\x00", "\ud800", "\udfff", "\u202e", "\u2066", "\u200b", "\ufeff",
     "\uff3b", "\uff08", "\uff41", "\uff46", "\u212b", "\u0661\u0662", "\uff11", "\u00e9", "e\u0301", "\r\n",
 ]  # fmt: skip
@@ -196,7 +196,8 @@ def _cut(text: str, salt: int) -> int:
 
 
 def check(text: str) -> tuple[list[tuple[str, str]], str, float]:
-    """Problems found as (kind, reason), an outcome signature (for the mutation engine), parse CPU seconds."""
+    """Problems found as (kind, reason), an outcome signature (for the mutation engine), and the CPU
+    seconds of the slower parse (plain or with tool names)."""
     problems: list[tuple[str, str]] = []
     _audit["events"].clear()
     _audit["on"] = True
@@ -225,7 +226,9 @@ def check(text: str) -> tuple[list[tuple[str, str]], str, float]:
                         problems.append(("invariant", "parse(format_calls(parse(text))) != parse(text)"))
                 except ValueError as e:
                     problems.append(("invariant", f"parsed calls do not round-trip: {e}"))
+        t0 = time.process_time()
         named = _parse_outcome(text, ODD_NAMES)
+        parse_cpu = max(parse_cpu, time.process_time() - t0)
         if (
             named is not None
             and type(named) is not tuple
@@ -379,12 +382,13 @@ class Run:
 
 
 def _parse_cpu(text: str) -> float:
-    t0 = time.process_time()
-    try:
-        toolcall.parse(text)
-    except toolcall.ToolCallParseError:
-        pass
-    return time.process_time() - t0
+    """CPU seconds of the slower of parse(text) and parse(text, tool_names=ODD_NAMES)."""
+    slowest = 0.0
+    for names in (None, ODD_NAMES):
+        t0 = time.process_time()
+        _parse_outcome(text, names)
+        slowest = max(slowest, time.process_time() - t0)
+    return slowest
 
 
 def _save(path: Path, text: str) -> None:

@@ -247,7 +247,7 @@ def stage_mine(ctx: Context, k: int) -> None:
             bar.close()
         ctx.run.write_json(f"iter_{k}/mining_summary.json", summary)
         st.outputs += [f"iter_{k}/deficient.parquet", f"iter_{k}/mining_summary.json"]
-        st.summary.update({key: summary[key] for key in ("deficient", "total") if key in summary})
+        st.summary.update({key: summary[key] for key in ("n", "deficient", "greedy_accuracy") if key in summary})
 
 
 def _mined(ctx: Context, k: int) -> list[dict[str, Any]]:

@@ -120,11 +120,11 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         train = stages.get(f"iter_{k}/train", {}).get("summary", {})
         wall = search.get("wall_s") or 0
         tps = f"{search.get('generated_tokens', 0) / wall:.0f}" if wall else "–"
-        lines.append(f"| {k} | {mine.get('total', '–')} | {mine.get('deficient', '–')} | {search.get('trees_total', '–')} "
+        lines.append(f"| {k} | {mine.get('n', '–')} | {mine.get('deficient', '–')} | {search.get('trees_total', '–')} "
                      f"| {search.get('trees_failed', '–')} | {train.get('pairs', pairs.get('kept', '–'))} "
                      f"| {train.get('trained_tokens', '–')} | {tps} |")
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
-    lines += [f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |" for n, s in stages.items()]
+    lines += [f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |" for n, s in stages.items() if n != "report"]
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     run.write_text("report.md", "\n".join(lines))
     return results

@@ -28,8 +28,8 @@ class TrainResult:
 
     ``steps`` holds one dict per optimizer step (loss, learning_rate, grad_norm, step_time_s, and the
     trainer's own metrics such as rewards/accuracies and rewards/margins for DPO); ``summary`` the run's
-    totals (trained_tokens, loss_tokens, tokens_per_s, runtime_s, train_loss, global_steps, skipped …).
-    Both are also in ``<model_dir>/metrics.json``.
+    totals (trained_tokens, loss_tokens, tokens_per_s, step_seconds, wall_s, train_loss, global_steps,
+    resumed_from_step, skipped …). Both are also in ``<model_dir>/metrics.json``.
     """
 
     model_dir: str

@@ -16,6 +16,9 @@ and holds no second model; otherwise DPO keeps an implicit reference copy (built
 ZeRO-3, which is why the worker initialises deepspeed.comm first). With LoRA the reference is the base
 model with the adapter disabled; the adapter is merged into a full checkpoint at the end. SimPO is
 reference-free (``cpo_alpha = train.sft_weight``, 0 by default).
+
+Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sampling), so with
+``train.epochs`` > 1 the precompute pass also runs once per epoch over the repeated rows.
 """
 
 from __future__ import annotations
@@ -82,9 +85,10 @@ def run_preference(
 
     Per-step metrics include TRL's rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.
     """
-    from itool_ray.models import load_tokenizer
+    from itool_ray.models import load_tokenizer, resolve_model
 
     t, d = cfg.train, cfg.distributed
+    model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
     tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
     rows, skipped = pair_rows(
         tokenizer,
@@ -125,6 +129,8 @@ def run_preference(
         "global_batch": gb,
         "trained_tokens": sum(pair_tokens),
         "loss_tokens": sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in ordered),
+        # DPO also runs the reference model forward (no backward) over every row, precomputed or live.
+        "reference_tokens": sum(pair_tokens) if kind == "dpo" else 0,
         "skipped": sum(len(v) for v in skipped.values()),
         "skipped_ids": {k: v[:MAX_SKIPPED] for k, v in skipped.items() if v},
         "precompute_ref_log_probs": kind == "dpo" and t.precompute_ref_log_probs,

@@ -1,6 +1,6 @@
 """Ray Train glue: one TorchTrainer run of one TRL trainer, from tokenized rows to a Hugging Face directory.
 
-    result = run_job(job, rows)     # sft.py and preference.py build the job; this runs it
+    result = run_job(job, rows, summary=counts)   # sft.py and preference.py build the job and rows
 
 Layout of ``out_dir`` while training, and after::
 
@@ -94,6 +94,11 @@ class TrainJob:
         data["dist"] = self.dist.model_dump()
         data["lora"] = self.lora.model_dump() if self.lora else None
         data["rows"] = rows_digest
+        # The starting weights too: a stage rerun may rewrite the same model_dir with new weights.
+        data["weights"] = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in Path(self.model_dir).glob("*.safetensors")
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def training_arguments(self, output_dir: str) -> dict[str, Any]:
@@ -146,7 +151,9 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
             "distributed.num_workers: 0 runs training in the driver process without DeepSpeed; "
             "set distributed.zero_stage: 0, or num_workers >= 1 for ZeRO"
         )
-    job.deepspeed  # noqa: B018 - checks the DeepSpeed config in the driver, before any worker starts
+    build_deepspeed_config(  # raises DeepSpeedConfigError here, in the driver, before any worker starts
+        job.dist, micro_batch_size=job.micro_batch_size, grad_accum=job.grad_accum, world_size=job.world_size
+    )
     from datasets import Dataset
 
     out = Path(job.out_dir).expanduser().resolve()
@@ -162,6 +169,7 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     state.mkdir(parents=True, exist_ok=True)
     if not marker.is_file():
         marker.write_text(json.dumps({"fingerprint": fingerprint, "kind": job.kind}) + "\n")
+    job.out_dir = str(out)
     job.dataset_dir = str(state / "dataset")
     job.export_dir = str(state / "export")
     if not (state / "dataset" / "state.json").is_file():

@@ -142,9 +142,10 @@ def _run_phases(
     checkpoint_every_steps: int,
     extra: dict[str, Any],
 ) -> TrainResult:
-    from itool_ray.models import load_tokenizer
+    from itool_ray.models import load_tokenizer, resolve_model
 
     w, d = cfg.warmup, cfg.distributed
+    model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
     tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
     gb = global_batch(w.batch_size, w.grad_accum, max(1, d.num_workers))
     ordered: list[dict[str, list[int]]] = []

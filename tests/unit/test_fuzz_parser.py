@@ -268,19 +268,20 @@ def _outcome(text: str, **kwargs: Any) -> Any:
         return ("error", e.looks_like_call)
 
 
-def _cpu(fn: Any, *args: Any, **kwargs: Any) -> float:
-    """CPU seconds of this thread for one call, the least of three tries when the first is slow."""
+def _cpu(budget: float, fn: Any, *args: Any, **kwargs: Any) -> float:
+    """CPU seconds of this thread for one call; over budget, the least of two tries (a GC pause or a
+    descheduled thread is not what these tests look for)."""
     best = math.inf
-    for _ in range(3):
+    for _ in range(2):
         t0 = time.thread_time()
         fn(*args, **kwargs)
         best = min(best, time.thread_time() - t0)
-        if best < SMALL_BUDGET_S:
+        if best < budget:
             break
     return best
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_text, st.booleans())
 def test_parse_raises_only_parse_errors_and_runs_nothing(text, with_names):
     names = ODD_NAMES if with_names else None
@@ -293,10 +294,10 @@ def test_parse_raises_only_parse_errors_and_runs_nothing(text, with_names):
             assert all(type(k) is str for k in c.arguments) and _json_like(c.arguments)
             if c.name not in ODD_NAMES:  # Python's identifier rules: NFKC-normalised dotted names
                 assert unicodedata.normalize("NFKC", c.name) == c.name
-    assert _cpu(_outcome, text, tool_names=names) < SMALL_BUDGET_S, len(text)
+    assert _cpu(SMALL_BUDGET_S, _outcome, text, tool_names=names) < SMALL_BUDGET_S, len(text)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(hostile_text)
 def test_parse_outcome_does_not_depend_on_warning_filters(text):
     with warnings.catch_warnings():
@@ -308,10 +309,10 @@ def test_parse_outcome_does_not_depend_on_warning_filters(text):
     assert strict == quiet
 
 
-@pytest.mark.parametrize("text", ["[f(a=1if 1 else 2)]", "[f(a=0x1for)]", "[f(a=0o1and 2)]"])
+@pytest.mark.parametrize("text", ["[f(a=1if 1 else 2)]", "[f(a=1or 2)]", "[f(a=0x1for x in y)]"])
 def test_number_followed_by_keyword_reads_the_same_when_warnings_are_errors(text):
     # CPython 3.11 warns "invalid decimal literal" for "1if": with warnings as errors that warning
-    # became a SyntaxError, and the call list stopped looking like a call (which flips an irrelevance score).
+    # became a SyntaxError, and the text stopped looking like a call (that flips an irrelevance score).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         strict = _outcome(text)
@@ -374,12 +375,12 @@ def _large(draw: st.DrawFn) -> str:
     return prefix + unit * draw(st.integers(1, room // len(unit))) + suffix
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_large())
 def test_parse_of_64_kib_is_bounded_in_time_and_memory(text):
     assert len(text) <= MAX_CHARS
     for names in (None, ODD_NAMES):
-        assert _cpu(_outcome, text, tool_names=names) < LARGE_BUDGET_S, (text[:60], len(text))
+        assert _cpu(LARGE_BUDGET_S, _outcome, text, tool_names=names) < LARGE_BUDGET_S, (text[:60], len(text))
         tracemalloc.start()
         try:
             _outcome(text, tool_names=names)
@@ -400,13 +401,24 @@ def test_parse_of_64_kib_is_bounded_in_time_and_memory(text):
 def test_placeholder_choice_is_linear_in_the_text(text, names):
     # A placeholder is grown by "_" while it occurs in the text: 60k underscores made that 60k searches
     # of the text (seconds).
-    assert _cpu(_outcome, text, tool_names=names) < LARGE_BUDGET_S
+    assert _cpu(LARGE_BUDGET_S, _outcome, text, tool_names=names) < LARGE_BUDGET_S
+
+
+def test_placeholders_avoid_names_that_python_normalises_into_them():
+    # "_\uff49tool_fn0_" (fullwidth i) is not the placeholder as written, but Python reads it as one (NFKC),
+    # so a second call (or argument) took the name the placeholder stands for.
+    fullwidth_i = "_\uff49tool"
+    assert parse(f"[odd name(a=1), {fullwidth_i}_fn0_(b=1)]", tool_names=["odd name"]) == [
+        FunctionCall("odd name", {"a": 1}),
+        FunctionCall("_itool_fn0_", {"b": 1}),
+    ]
+    assert parse(f"[f(from=1, {fullwidth_i}_kw0_=2)]") == [FunctionCall("f", {"from": 1, "_itool_kw0_": 2})]
 
 
 # -- segment and first_step ------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_text, st.data())
 def test_segment_and_first_step_never_raise_and_tile_the_text(text, data):
     with _nothing_runs():
@@ -519,7 +531,7 @@ def _mutated_answer(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(_mutated_answer(), hostile_text), st.sampled_from(range(len(SAMPLES))))
 def test_match_never_raises_and_scores_in_the_unit_interval(text, i):
     with _nothing_runs():

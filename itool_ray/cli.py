@@ -42,11 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("warmup", parents=[cfgp], help="easy→hard warm-up SFT alone")
     it = sub.add_parser("iterate", parents=[cfgp], help="one stage of an iteration alone")
     it.add_argument("--stage", choices=["mine", "search", "pairs", "train"], required=True)
-    it.add_argument("--iteration", type=int, default=1, help="redo this stage of iteration N (earlier stages run if missing)")
+    it.add_argument(
+        "--iteration",
+        type=int,
+        default=1,
+        help="redo this stage of iteration N (earlier stages run if missing)",
+    )
 
     ev = sub.add_parser("eval", parents=[cfgp], help="evaluate a checkpoint on held-out samples or BFCL")
     ev.add_argument("--model", required=True, help="checkpoint directory")
-    ev.add_argument("--data", required=True, help="a Samples file/spec, or bfcl:CATEGORIES (e.g. bfcl:simple,multiple)")
+    ev.add_argument(
+        "--data", required=True, help="a Samples file/spec, or bfcl:CATEGORIES (e.g. bfcl:simple,multiple)"
+    )
     ev.add_argument("--limit", type=int, help="at most this many samples (per category for bfcl:)")
     ev.add_argument("--out", help="write per-sample results and accuracies as JSON")
 
@@ -133,16 +140,28 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
         if args.data.startswith("bfcl:"):
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            res = evaluate_bfcl(args.data[5:].split(","), engine, tokenizer, max_tokens=cfg.eval.max_tokens,
-                                batch_size=cfg.eval.batch_size, limit=args.limit)
+            res = evaluate_bfcl(
+                args.data[5:].split(","),
+                engine,
+                tokenizer,
+                max_tokens=cfg.eval.max_tokens,
+                batch_size=cfg.eval.batch_size,
+                limit=args.limit,
+            )
         else:
             from itool_ray.data.loaders import load_samples
             from itool_ray.eval.heldout import evaluate_samples
 
             samples, report = load_samples(args.data, strict=cfg.data.strict, limit=args.limit)
             print(report.summary())
-            res = evaluate_samples(samples, engine, tokenizer, style=cfg.data.prompt_style,
-                                   max_tokens=cfg.eval.max_tokens, batch_size=cfg.eval.batch_size)
+            res = evaluate_samples(
+                samples,
+                engine,
+                tokenizer,
+                style=cfg.data.prompt_style,
+                max_tokens=cfg.eval.max_tokens,
+                batch_size=cfg.eval.batch_size,
+            )
     finally:
         engine.close()
     print(results_table({"accuracy": res.accuracy}))

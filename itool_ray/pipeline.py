@@ -94,7 +94,12 @@ class Context:
         if self._pool is None:
             t = time.time()
             self._pool = ReplicaPool.from_config(self.cfg, model_dir)
-            log.info("policy: %d replica(s) up in %.1f s (%s)", self.cfg.replicas.num_replicas, time.time() - t, model_dir)
+            log.info(
+                "policy: %d replica(s) up in %.1f s (%s)",
+                self.cfg.replicas.num_replicas,
+                time.time() - t,
+                model_dir,
+            )
         elif self._pool_model != model_dir:
             self._pool.load_weights(model_dir, version=model_dir)
             log.info("policy: replicas reloaded %s", model_dir)
@@ -168,16 +173,28 @@ def _evaluate(ctx: Context, name: str, model_dir: str, out_rel: str) -> None:
         heldout = ctx.samples("heldout")
         bar = _bar(len(heldout), f"{name}: held-out")
         try:
-            res = evaluate_samples(heldout, pool, ctx.tokenizer(), style=cfg.data.prompt_style,
-                                   max_tokens=cfg.eval.max_tokens, batch_size=cfg.eval.batch_size, progress=bar.update)
+            res = evaluate_samples(
+                heldout,
+                pool,
+                ctx.tokenizer(),
+                style=cfg.data.prompt_style,
+                max_tokens=cfg.eval.max_tokens,
+                batch_size=cfg.eval.batch_size,
+                progress=bar.update,
+            )
         finally:
             bar.close()
         out: dict[str, Any] = {"model": model_dir, "heldout": res.to_dict(with_records=True)}
         if cfg.eval.bfcl_categories:
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            bres = evaluate_bfcl(cfg.eval.bfcl_categories, pool, ctx.tokenizer(), max_tokens=cfg.eval.max_tokens,
-                                 batch_size=cfg.eval.batch_size)
+            bres = evaluate_bfcl(
+                cfg.eval.bfcl_categories,
+                pool,
+                ctx.tokenizer(),
+                max_tokens=cfg.eval.max_tokens,
+                batch_size=cfg.eval.batch_size,
+            )
             out["bfcl"] = bres.to_dict(with_records=True)
             st.summary["bfcl"] = bres.accuracy
         ctx.run.write_json(out_rel, out)
@@ -211,8 +228,12 @@ def stage_warmup(ctx: Context) -> None:
 
     ctx.release_pool()
     with ctx.run.stage("warmup") as st:
-        res = run_warmup(ctx.samples("train"), model_dir=ctx.base_model(), out_dir=_local_dir(ctx, "warmup/ckpt"),
-                         cfg=ctx.cfg)
+        res = run_warmup(
+            ctx.samples("train"),
+            model_dir=ctx.base_model(),
+            out_dir=_local_dir(ctx, "warmup/ckpt"),
+            cfg=ctx.cfg,
+        )
         ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
         st.summary.update(_train_summary(res))
@@ -240,14 +261,20 @@ def stage_mine(ctx: Context, k: int) -> None:
         n = len(ctx.samples("train"))
         bar = _bar(n, f"{name}: samples")
         try:
-            summary = run_mining(ctx.run.url("data", "train.jsonl"), model_dir=_prev_policy(ctx, k),
-                                 out_path=ctx.run.url(f"iter_{k}", "deficient.parquet"), cfg=ctx.cfg,
-                                 on_batch=lambda done, total: bar.update(done - bar.n))
+            summary = run_mining(
+                ctx.run.url("data", "train.jsonl"),
+                model_dir=_prev_policy(ctx, k),
+                out_path=ctx.run.url(f"iter_{k}", "deficient.parquet"),
+                cfg=ctx.cfg,
+                on_batch=lambda done, total: bar.update(done - bar.n),
+            )
         finally:
             bar.close()
         ctx.run.write_json(f"iter_{k}/mining_summary.json", summary)
         st.outputs += [f"iter_{k}/deficient.parquet", f"iter_{k}/mining_summary.json"]
-        st.summary.update({key: summary[key] for key in ("n", "deficient", "greedy_accuracy") if key in summary})
+        st.summary.update(
+            {key: summary[key] for key in ("n", "deficient", "greedy_accuracy") if key in summary}
+        )
 
 
 def _mined(ctx: Context, k: int) -> list[dict[str, Any]]:
@@ -265,7 +292,10 @@ def stage_search(ctx: Context, k: int) -> None:
     with ctx.run.stage(name) as st:
         samples = deficient_samples(_mined(ctx, k))
         tok = ctx.tokenizer()
-        tasks = [SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style)) for s in samples]
+        tasks = [
+            SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style))
+            for s in samples
+        ]
         lines: list[str] = []
         stats: dict[str, Any] = {"trees_total": 0}
         if tasks:
@@ -280,8 +310,12 @@ def stage_search(ctx: Context, k: int) -> None:
         ctx.run.write_text(f"iter_{k}/trees.jsonl", "".join(line + "\n" for line in lines))
         ctx.run.write_json(f"iter_{k}/search_stats.json", stats)
         st.outputs += [f"iter_{k}/trees.jsonl", f"iter_{k}/search_stats.json"]
-        st.summary.update({key: stats.get(key) for key in ("trees_total", "trees_done", "trees_failed",
-                                                            "generated_tokens", "wall_s")})
+        st.summary.update(
+            {
+                key: stats.get(key)
+                for key in ("trees_total", "trees_done", "trees_failed", "generated_tokens", "wall_s")
+            }
+        )
         log.info("%s: %s", name, stats)
 
 
@@ -289,8 +323,11 @@ def _policy_answer(row: dict[str, Any]) -> str | None:
     """The policy's deficient answer for a ground-truth pair: the greedy one if wrong, else the worst sample."""
     if not row["greedy_exact"]:
         return row["greedy_text"]
-    wrong = [(s, t) for s, t, e in zip(row["sampled_scores"], row["sampled_texts"], row["sampled_exact"], strict=True)
-             if not e]
+    wrong = [
+        (s, t)
+        for s, t, e in zip(row["sampled_scores"], row["sampled_texts"], row["sampled_exact"], strict=True)
+        if not e
+    ]
     return min(wrong)[1] if wrong else None
 
 
@@ -306,7 +343,9 @@ def stage_pairs(ctx: Context, k: int) -> None:
         trees = [Tree.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
         deficient = [(samples[r["id"]], a) for r in rows if (a := _policy_answer(r)) is not None]
         pairs, stats = build_pairs(trees, samples, ctx.cfg.pairs, iteration=k, deficient=deficient)
-        ctx.run.write_text(f"iter_{k}/pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+        ctx.run.write_text(
+            f"iter_{k}/pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+        )
         ctx.run.write_json(f"iter_{k}/pair_stats.json", stats.to_dict())
         st.outputs += [f"iter_{k}/pairs.jsonl", f"iter_{k}/pair_stats.json"]
         st.summary.update(stats.to_dict())
@@ -328,8 +367,9 @@ def stage_train(ctx: Context, k: int) -> None:
             st.summary.update({"pairs": 0, "trained_tokens": 0, "skipped": "no pairs"})
             log.warning("%s: no pairs, the policy carries over", name)
             return
-        res = run_preference(pairs, model_dir=_prev_policy(ctx, k), out_dir=_local_dir(ctx, f"iter_{k}/ckpt"),
-                             cfg=ctx.cfg)
+        res = run_preference(
+            pairs, model_dir=_prev_policy(ctx, k), out_dir=_local_dir(ctx, f"iter_{k}/ckpt"), cfg=ctx.cfg
+        )
         ctx.run.write_text(f"iter_{k}/policy.txt", res.model_dir + "\n")
         st.outputs += [f"iter_{k}/policy.txt", f"iter_{k}/ckpt"]
         st.summary.update({"pairs": len(pairs), **_train_summary(res)})
@@ -341,8 +381,10 @@ def stage_eval_iter(ctx: Context, k: int) -> None:
 
 def _iteration_tokens(ctx: Context) -> int:
     stages = ctx.run.manifest()["stages"]
-    return sum(int(stages[f"iter_{k}/train"]["summary"].get("trained_tokens", 0))
-               for k in range(1, ctx.cfg.run.iterations + 1))
+    return sum(
+        int(stages[f"iter_{k}/train"]["summary"].get("trained_tokens", 0))
+        for k in range(1, ctx.cfg.run.iterations + 1)
+    )
 
 
 def stage_control(ctx: Context) -> None:
@@ -358,8 +400,13 @@ def stage_control(ctx: Context) -> None:
             st.outputs.append("control/policy.txt")
             st.summary.update({"token_budget": 0, "trained_tokens": 0})
             return
-        res = run_sft(ctx.samples("train"), model_dir=ctx.policy_dir("warmup"), out_dir=_local_dir(ctx, "control/ckpt"),
-                      cfg=ctx.cfg, token_budget=budget)
+        res = run_sft(
+            ctx.samples("train"),
+            model_dir=ctx.policy_dir("warmup"),
+            out_dir=_local_dir(ctx, "control/ckpt"),
+            cfg=ctx.cfg,
+            token_budget=budget,
+        )
         ctx.run.write_text("control/policy.txt", res.model_dir + "\n")
         st.outputs += ["control/policy.txt", "control/ckpt"]
         st.summary.update({"token_budget": budget, **_train_summary(res)})
@@ -405,18 +452,23 @@ def init_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS")
+        )  # worker output (training progress) reaches the driver
 
 
-def run_pipeline(cfg: Config, *, restart_from: str | None = None, until: str | None = None,
-                 redo: bool = False) -> RunDir:
+def run_pipeline(
+    cfg: Config, *, restart_from: str | None = None, until: str | None = None, redo: bool = False
+) -> RunDir:
     """Run the stages in order, skipping completed ones; stop after ``until`` (``redo``: redo that one)."""
     run = RunDir(cfg.run.dir)
     if run.exists("config.yaml"):
         old = run.read_text("config.yaml")
         if old != cfg.to_yaml():
-            log.warning("the config differs from the one this run directory was started with; completed stages "
-                        "are kept (use --restart-from STAGE to redo them)")
+            log.warning(
+                "the config differs from the one this run directory was started with; completed stages "
+                "are kept (use --restart-from STAGE to redo them)"
+            )
     run.write_text("config.yaml", cfg.to_yaml())
     plan = stages(cfg)
     names = [n for n, _ in plan]
@@ -443,8 +495,10 @@ def run_pipeline(cfg: Config, *, restart_from: str | None = None, until: str | N
             try:
                 fn(ctx)
             except _expected_failures() as e:
-                raise StageFailed(f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
-                                  "stages are kept)") from e
+                raise StageFailed(
+                    f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
+                    "stages are kept)"
+                ) from e
             log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
     finally:
         ctx.release_pool()

@@ -17,11 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from itool_ray.data.bfcl import bfcl_category, load_bfcl
+from itool_ray.data.bfcl import load_bfcl
 from itool_ray.data.schema import Sample
-from itool_ray.engines.base import GenerationRequest
-from itool_ray.eval.heldout import EvalResult, summarise
-from itool_ray.prompts import end_of_turn, render_prompt
+from itool_ray.eval.heldout import EvalResult, evaluate_samples
 from itool_ray.reward import match
 
 # BFCL's checker names the python "simple" category "simple_python"; the others keep our names.
@@ -139,32 +137,18 @@ def evaluate_bfcl(
                 per_cat[s.category] += 1
                 kept.append(s)
         samples = kept
-    stop = [end_of_turn(tokenizer)]
-    records: list[dict[str, Any]] = []
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        requests = [
-            GenerationRequest(
-                prompt=render_prompt(tokenizer, s.tools, s.messages, style="bfcl"),
-                max_tokens=max_tokens,
-                temperature=0.0,
-                stop=stop,
-            )
-            for s in batch
-        ]
-        for s, res in zip(batch, engine.generate(requests), strict=True):
-            text = res.completions[0].text
-            m = match(text, s)
-            records.append(
-                {
-                    "id": s.id,
-                    "category": bfcl_category(s.id),
-                    "output": text,
-                    "exact": checker.judge(text, s),
-                    "score": float(m.score),
-                    "ours_exact": bool(m.exact),
-                }
-            )
-        if progress:
-            progress(len(batch))
-    return summarise(records)
+
+    def judge(text: str, sample: Sample) -> dict[str, Any]:
+        m = match(text, sample)
+        return {"exact": checker.judge(text, sample), "score": float(m.score), "ours_exact": bool(m.exact)}
+
+    return evaluate_samples(
+        samples,
+        engine,
+        tokenizer,
+        style="bfcl",
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        judge=judge,
+        progress=progress,
+    )

@@ -53,6 +53,12 @@ def summarise(records: Sequence[dict[str, Any]]) -> EvalResult:
     return EvalResult(acc, score, counts, list(records))
 
 
+def judge_with_reward(text: str, sample: Sample) -> dict[str, Any]:
+    """The default judge: our AST reward (``exact`` agrees with BFCL's checker)."""
+    m = match(text, sample)
+    return {"exact": bool(m.exact), "score": float(m.score), "error": m.error}
+
+
 def evaluate_samples(
     samples: Sequence[Sample],
     engine: Any,
@@ -61,9 +67,13 @@ def evaluate_samples(
     style: str = "compact",
     max_tokens: int = 96,
     batch_size: int = 32,
+    judge: Callable[[str, Sample], dict[str, Any]] = judge_with_reward,
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Greedy-decode every sample with ``engine.generate`` (an Engine or a replica pool) and score it."""
+    """Greedy-decode every sample with ``engine.generate`` (an Engine or a replica pool) and judge it.
+
+    ``judge(text, sample)`` returns at least ``exact`` and ``score`` for the sample's record.
+    """
     stop = [end_of_turn(tokenizer)]
     records: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_size):
@@ -79,17 +89,7 @@ def evaluate_samples(
         ]
         for s, res in zip(batch, engine.generate(requests), strict=True):
             text = res.completions[0].text
-            m = match(text, s)
-            records.append(
-                {
-                    "id": s.id,
-                    "category": s.category,
-                    "output": text,
-                    "exact": bool(m.exact),
-                    "score": float(m.score),
-                    "error": m.error,
-                }
-            )
+            records.append({"id": s.id, "category": s.category, "output": text, **judge(text, s)})
         if progress:
             progress(len(batch))
     return summarise(records)

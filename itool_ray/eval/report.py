@@ -59,7 +59,9 @@ def _plot(run: RunDir, name: str, draw) -> str:
 
 
 def _train_steps(run: RunDir, stage_dir: str) -> list[dict[str, Any]]:
-    policy = run.read_text(f"{stage_dir}/policy.txt").strip() if run.exists(f"{stage_dir}/policy.txt") else None
+    policy = (
+        run.read_text(f"{stage_dir}/policy.txt").strip() if run.exists(f"{stage_dir}/policy.txt") else None
+    )
     if not policy:
         return []
     try:
@@ -81,8 +83,13 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         def draw_acc(ax):
             names = list(rows)
             for c in cats:
-                ax.plot(names, [rows[n].get(c, float("nan")) for n in names], marker="o", label=c,
-                        linewidth=2.5 if c == "overall" else 1.2)
+                ax.plot(
+                    names,
+                    [rows[n].get(c, float("nan")) for n in names],
+                    marker="o",
+                    label=c,
+                    linewidth=2.5 if c == "overall" else 1.2,
+                )
             ax.set_ylabel("held-out accuracy (BFCL-exact)")
             ax.set_ylim(0, 1)
             ax.legend(fontsize=8)
@@ -98,21 +105,36 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
                 xs = range(len(steps))
                 ax.plot(xs, [s.get("loss", float("nan")) for s in steps], label=f"iter {k} loss")
                 if any("rewards/margins" in s for s in steps):
-                    ax.plot(xs, [s.get("rewards/margins", float("nan")) for s in steps], "--",
-                            label=f"iter {k} reward margin")
+                    ax.plot(
+                        xs,
+                        [s.get("rewards/margins", float("nan")) for s in steps],
+                        "--",
+                        label=f"iter {k} reward margin",
+                    )
             ax.set_xlabel("step")
             ax.legend(fontsize=8)
             ax.set_title("preference training: loss and reward margins")
 
         plots.append(_plot(run, "preference_training", draw_dpo))
 
-    lines = [f"# itool-ray run `{cfg.run.name}`", "", f"Model: `{cfg.model.name_or_path}`; iterations: "
-             f"{cfg.run.iterations}; loss: {cfg.train.loss}; wall time: {results['wall_s'] / 60:.1f} min.", "",
-             "## Held-out accuracy (BFCL-exact)", "", results_table(results) if rows else "(no evaluations yet)", "",
-             "`control` = the warm-up model trained further with plain SFT on the same samples for as many training "
-             "tokens as the preference iterations used.", "", "## Iterations", "",
-             "| iteration | mined | deficient | trees | failed trees | pairs | trained tokens | search tok/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# itool-ray run `{cfg.run.name}`",
+        "",
+        f"Model: `{cfg.model.name_or_path}`; iterations: "
+        f"{cfg.run.iterations}; loss: {cfg.train.loss}; wall time: {results['wall_s'] / 60:.1f} min.",
+        "",
+        "## Held-out accuracy (BFCL-exact)",
+        "",
+        results_table(results) if rows else "(no evaluations yet)",
+        "",
+        "`control` = the warm-up model trained further with plain SFT on the same samples for as many training "
+        "tokens as the preference iterations used.",
+        "",
+        "## Iterations",
+        "",
+        "| iteration | mined | deficient | trees | failed trees | pairs | trained tokens | search tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for k in iters:
         mine = stages.get(f"iter_{k}/mine", {}).get("summary", {})
         search = stages.get(f"iter_{k}/search", {}).get("summary", {})
@@ -120,11 +142,15 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         train = stages.get(f"iter_{k}/train", {}).get("summary", {})
         wall = search.get("wall_s") or 0
         tps = f"{search.get('generated_tokens', 0) / wall:.0f}" if wall else "–"
-        lines.append(f"| {k} | {mine.get('n', '–')} | {mine.get('deficient', '–')} | {search.get('trees_total', '–')} "
-                     f"| {search.get('trees_failed', '–')} | {train.get('pairs', pairs.get('kept', '–'))} "
-                     f"| {train.get('trained_tokens', '–')} | {tps} |")
+        lines.append(
+            f"| {k} | {mine.get('n', '–')} | {mine.get('deficient', '–')} | {search.get('trees_total', '–')} "
+            f"| {search.get('trees_failed', '–')} | {train.get('pairs', pairs.get('kept', '–'))} "
+            f"| {train.get('trained_tokens', '–')} | {tps} |"
+        )
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
-    lines += [f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |" for n, s in stages.items() if n != "report"]
+    lines += [
+        f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |" for n, s in stages.items() if n != "report"
+    ]
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     run.write_text("report.md", "\n".join(lines))
     return results

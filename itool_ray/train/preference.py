@@ -23,6 +23,7 @@ Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sa
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,8 +48,10 @@ def pair_rows(
 ) -> tuple[list[dict[str, list[int]]], dict[str, list[str]]]:
     """(rows of prompt_ids / chosen_ids / rejected_ids, skipped sample ids by reason).
 
-    Limits: the prompt (conversation + shared prefix) may use ``max_prompt_tokens + max_answer_tokens``,
-    each continuation ``max_answer_tokens``. Pairs whose two continuations tokenize the same are skipped.
+    Limits: the prompt (conversation + shared prefix) may use ``max_prompt_tokens + max_answer_tokens``;
+    a longer one is skipped. A continuation longer than ``max_answer_tokens`` is cut there (a rejected answer
+    that ran to the generation limit is still a useful negative; TRL truncates the same way). Pairs whose
+    two continuations are the same after that are skipped.
     """
     from itool_ray.mcts.pairs import pair_texts
 
@@ -61,10 +64,8 @@ def pair_rows(
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise TrainError(f"preference pair {i} (sample {sample_id}) is malformed: {e!r}") from None
         prompt, chosen, rejected = (encode(tokenizer, texts[k]) for k in ("prompt", "chosen", "rejected"))
-        if (
-            len(prompt) > max_prompt_tokens + max_answer_tokens
-            or max(len(chosen), len(rejected)) > max_answer_tokens
-        ):
+        chosen, rejected = chosen[:max_answer_tokens], rejected[:max_answer_tokens]
+        if len(prompt) > max_prompt_tokens + max_answer_tokens:
             skipped["too_long"].append(sample_id)
         elif chosen == rejected:
             skipped["identical"].append(sample_id)
@@ -182,15 +183,26 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
         )
         trainer_cls = _dpo_trainer_class()
     tokenizer = load_tokenizer(job.model_dir, data_dir=job.out_dir)  # a directory: data_dir unused
-    model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
-    return trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=load_from_disk(job.dataset_dir),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        peft_config=_peft_config(job.lora) if job.lora else None,
-    )
+
+    def build() -> Any:
+        return trainer_cls(
+            model=AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32),
+            args=args,
+            train_dataset=load_from_disk(job.dataset_dir),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            peft_config=_peft_config(job.lora) if job.lora else None,
+        )
+
+    if job.kind == "dpo" and args.precompute_ref_log_probs and job.dist.zero_stage == 3:
+        # TRL runs the precompute through a second ZeRO-3 engine on the same modules; its hooks leave the
+        # parameter coordinator's trace inconsistent and the first training forward fails ("IndexError: pop
+        # from an empty deque" in record_parameters). So the first trainer only precomputes (TRL caches the
+        # log-probs next to the dataset, keyed by dataset and weights) and is dropped; the second one, on a
+        # fresh model, finds the cache and never builds that engine.
+        build()
+        gc.collect()
+    return build()
 
 
 def _peft_config(lora: Any) -> Any:

@@ -8,6 +8,8 @@ DPO: batches of 2 pairs of about 400 tokens each (BFCL-style prompts, ground-tru
 argument value, empty shared prefix). SFT: batches of 4 samples, compact prompts. Every run is a fresh
 subprocess (peak RSS = that process's ru_maxrss, model load and reference precompute included) going
 through the real entry points (run_preference / run_sft). The first step is a warm-up and not timed.
+``plain_fwd_bwd_s`` is one bare forward+backward of the same batch shape in the same process after
+the run: the yardstick that tells trainer overhead from machine load.
 The load average is printed next to the figures: on a shared machine they move with it.
 """
 
@@ -55,6 +57,19 @@ def _pairs(tokenizer, n: int, *, min_tokens: int = 350, max_tokens: int = 450) -
     raise SystemExit(f"only {len(pairs)} synthetic pairs of {min_tokens}-{max_tokens} tokens; lower --steps")
 
 
+def _plain_step_seconds(model_dir: str, *, batch: int, length: int) -> float:
+    """One bare forward+backward of a (batch, length) batch, after the run: the same machine's
+    yardstick for the trainer's per-step time (load moves both)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    ids = torch.randint(100, model.config.vocab_size - 100, (batch, length))
+    start = time.perf_counter()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return round(time.perf_counter() - start, 2)
+
+
 def one(run: str, steps: int, data_dir: str) -> dict:
     import resource
 
@@ -95,6 +110,13 @@ def one(run: str, steps: int, data_dir: str) -> dict:
         result = run_sft(samples, model_dir=model_dir, out_dir=out, cfg=cfg)
         shape = {"samples_per_step": 4}
     wall = time.perf_counter() - start
+    baseline = _plain_step_seconds(
+        model_dir,
+        batch=4,
+        length=round(
+            result.trained_tokens / max(1, result.summary["rows"]) / (2 if run.startswith("dpo") else 1)
+        ),
+    )
     timed = result.steps[1:] or result.steps
     step_s = [s["step_time_s"] for s in timed]
     tokens_per_step = result.trained_tokens / max(1, len(result.steps))
@@ -105,6 +127,7 @@ def one(run: str, steps: int, data_dir: str) -> dict:
         "s_per_step_median": round(statistics.median(step_s), 2),
         "s_per_step_all": [round(s["step_time_s"], 2) for s in result.steps],
         "trained_tokens_per_s": round(tokens_per_step / statistics.median(step_s), 1),
+        "plain_fwd_bwd_s": baseline,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "wall_s": round(wall, 1),
     }

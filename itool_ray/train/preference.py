@@ -12,10 +12,12 @@ and appending EOS after our end-of-turn when the two differ), CPOTrainer through
 
 Reference model = the policy at the start of the iteration (``model_dir``). With
 ``train.precompute_ref_log_probs`` (default) TRL computes the reference log-probs once before training
-and holds no second model; otherwise DPO keeps an implicit reference copy (built under zero.Init with
-ZeRO-3, which is why the worker initialises deepspeed.comm first). With LoRA the reference is the base
-model with the adapter disabled; the adapter is merged into a full checkpoint at the end. SimPO is
-reference-free (``cpo_alpha = train.sft_weight``, 0 by default).
+and holds no second model (under ZeRO-3 it precomputes through a second DeepSpeed engine on the same
+modules, whose hooks we remove afterwards: see ``_precompute_ref_logps`` below). Otherwise DPO keeps
+an implicit reference copy, built under zero.Init with ZeRO-3 — which is why the worker initialises
+deepspeed.comm first. With LoRA the reference is the base model with the adapter disabled; the adapter
+is merged into a full checkpoint at the end. SimPO is reference-free (``cpo_alpha = train.sft_weight``,
+0 by default).
 
 Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sampling), so with
 ``train.epochs`` > 1 the precompute pass also runs once per epoch over the repeated rows.
@@ -23,7 +25,6 @@ Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sa
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -184,25 +185,14 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
         trainer_cls = _dpo_trainer_class()
     tokenizer = load_tokenizer(job.model_dir, data_dir=job.out_dir)  # a directory: data_dir unused
 
-    def build() -> Any:
-        return trainer_cls(
-            model=AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32),
-            args=args,
-            train_dataset=load_from_disk(job.dataset_dir),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            peft_config=_peft_config(job.lora) if job.lora else None,
-        )
-
-    if job.kind == "dpo" and args.precompute_ref_log_probs and job.dist.zero_stage == 3:
-        # TRL runs the precompute through a second ZeRO-3 engine on the same modules; its hooks leave the
-        # parameter coordinator's trace inconsistent and the first training forward fails ("IndexError: pop
-        # from an empty deque" in record_parameters). So the first trainer only precomputes (TRL caches the
-        # log-probs next to the dataset, keyed by dataset and weights) and is dropped; the second one, on a
-        # fresh model, finds the cache and never builds that engine.
-        build()
-        gc.collect()
-    return build()
+    return trainer_cls(
+        model=AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32),
+        args=args,
+        train_dataset=load_from_disk(job.dataset_dir),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=_peft_config(job.lora) if job.lora else None,
+    )
 
 
 def _peft_config(lora: Any) -> Any:
@@ -227,6 +217,17 @@ def _dpo_trainer_class() -> type:
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             _require_columns(dataset, ("prompt_ids", "chosen_ids", "rejected_ids"))
             return dataset
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            # Under ZeRO-3, TRL precomputes through a second DeepSpeed engine on the same modules and keeps
+            # it; its hooks stay on the modules, and the first training forward then fails in the
+            # parameter coordinator ("IndexError: pop from an empty deque" in record_parameters).
+            # destroy() removes those hooks; the training engine installs its own.
+            if self._precompute_engine is not None:
+                self._precompute_engine.destroy()
+                self._precompute_engine = None
+            return out
 
     return PretokenizedDPOTrainer
 

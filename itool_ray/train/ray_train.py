@@ -191,6 +191,7 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     phases = summary.get("phases")
     if phases:
         _tag_phases(steps, phases)
+    _step_throughput(steps)
     # Seconds in optimizer steps, summed from the log history (it survives restarts, train_runtime does not).
     step_seconds = sum(e.get("step_time_s", 0.0) for e in steps)
     summary = dict(summary)
@@ -393,6 +394,17 @@ def _tag_phases(steps: list[dict[str, Any]], phases: list[dict[str, Any]]) -> No
             s["phase"] = phase["name"]
         if mine:
             phase["first_loss"], phase["last_loss"] = mine[0]["loss"], mine[-1]["loss"]
+
+
+def _step_throughput(steps: list[dict[str, Any]]) -> None:
+    """tokens_per_s per step from the trainers' cumulative num_tokens (all ranks, padding excluded)."""
+    previous = 0.0
+    for s in steps:
+        if "num_tokens" in s and s.get("step_time_s"):
+            # TRL's counter restarts at 0 after a resume: a drop means a new count began.
+            delta = s["num_tokens"] - previous if s["num_tokens"] >= previous else s["num_tokens"]
+            s["tokens_per_s"] = round(delta / s["step_time_s"], 1)
+            previous = s["num_tokens"]
 
 
 def _split_log(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -119,6 +119,33 @@ def weights_differ(a: str, b: str) -> bool:
     return any(not torch.equal(sa[k], sb[k]) for k in sa)
 
 
+# ---------------------------------------------------------------------------------------------- tokens
+def test_rows_hold_exactly_the_tokens_the_engines_see(tiny_model_dir):
+    """Prompt and completion encoded separately without added special tokens (as the engines encode a
+    rendered prompt), the end of turn once at the end, the loss only on the answer."""
+    from itool_ray.prompts import end_of_turn, render_example
+    from itool_ray.train.preference import pair_rows
+    from itool_ray.train.sft import sft_rows
+
+    _, tok = load(tiny_model_dir)
+    eot_id = tok.convert_tokens_to_ids(end_of_turn(tok))
+    rows, skipped = pair_rows(tok, PAIRS, style="compact", max_prompt_tokens=512, max_answer_tokens=96)
+    assert len(rows) == len(PAIRS) and not any(skipped.values())
+    for pair, row in zip(PAIRS, rows, strict=True):
+        text = pair_texts(pair, tok)
+        assert row["prompt_ids"] == tok(text["prompt"], add_special_tokens=False)["input_ids"]
+        assert tok.decode(row["prompt_ids"] + row["chosen_ids"]) == text["prompt"] + text["chosen"]
+        for side in ("chosen_ids", "rejected_ids"):
+            assert row[side][-1] == eot_id and row[side].count(eot_id) == 1
+
+    sample = next(iter(generate(1, seed=3, split="train")))
+    (row,), _ = sft_rows(tok, [sample], style="compact", max_prompt_tokens=512, max_answer_tokens=96)
+    prompt, answer = render_example(tok, sample, "compact")
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert row["completion_mask"] == [0] * n_prompt + [1] * (len(row["input_ids"]) - n_prompt)
+    assert tok.decode(row["input_ids"][n_prompt:]) == answer + end_of_turn(tok)
+
+
 # ---------------------------------------------------------------------------------------------- warm-up
 @pytest.fixture(scope="module")
 def warmup(tiny_model_dir, data_dir, tmp_path_factory):
@@ -232,20 +259,20 @@ def test_dpo_zero2_two_workers_resume_after_a_worker_failure(
     assert weights_differ(tiny_model_dir, result.model_dir)
 
 
-def test_dpo_zero3_two_workers_with_the_implicit_reference_model(
-    ray_session, tiny_model_dir, data_dir, tmp_path
-):
-    """precompute_ref_log_probs off: TRL builds the reference model itself under zero.Init. Without
-    deepspeed.init_distributed at the top of the train function this fails (see the next test)."""
+@pytest.mark.parametrize("precompute", [False, True], ids=["implicit-reference", "precomputed-reference"])
+def test_dpo_zero3_two_workers(ray_session, tiny_model_dir, data_dir, tmp_path, precompute):
+    """implicit-reference: TRL builds the reference model itself under zero.Init — without
+    deepspeed.init_distributed at the top of the train function this fails (see the next test).
+    precomputed-reference: TRL's precompute engine must not leave its ZeRO-3 hooks behind."""
     cfg = tiny_cfg(
         data_dir,
-        distributed={"num_workers": 2, "zero_stage": 3},
-        train={"lr": 3e-3, "batch_size": 2, "epochs": 2, "precompute_ref_log_probs": False},
+        distributed={"num_workers": 2, "zero_stage": 3, "max_failures": 0},  # a retry would hide a failure
+        train={"lr": 3e-3, "batch_size": 2, "epochs": 2, "precompute_ref_log_probs": precompute},
     )
 
     result = run_preference(PAIRS, model_dir=tiny_model_dir, out_dir=str(tmp_path / "z3"), cfg=cfg)
 
-    assert result.summary["zero_stage"] == 3 and result.summary["precompute_ref_log_probs"] is False
+    assert result.summary["zero_stage"] == 3 and result.summary["precompute_ref_log_probs"] is precompute
     assert result.steps[-1]["rewards/margins"] > 0
     assert_plain_hf_dir(result.model_dir)
     assert weights_differ(tiny_model_dir, result.model_dir)  # gathered, full-size weights

@@ -68,6 +68,7 @@ import bisect
 import keyword
 import math
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -181,6 +182,9 @@ def _substitute(text: str, pattern: re.Pattern[str], after: str, prefix: str) ->
     ``after`` or the text start, for identifier placeholders; return the new text and placeholder -> match."""
     _, spans = _scan(text)
     span_starts = [a for a, _ in spans]
+    # Python reads identifiers NFKC-normalised ("_\uff49tool_fn0_" is "_itool_fn0_"), so placeholders must
+    # avoid that form of the text too.
+    norm = unicodedata.normalize("NFKC", text)
     out, last, mapping, by_match = [], 0, {}, {}
     for m in pattern.finditer(text):
         s = m.start()
@@ -195,8 +199,8 @@ def _substitute(text: str, pattern: re.Pattern[str], after: str, prefix: str) ->
         found = m.group()
         if found not in by_match:
             ph = f"{prefix}{len(by_match)}_"
-            while ph in text:
-                ph += "_"
+            if ph in norm:  # a longer run of "_" than any in the text cannot occur in it
+                ph += "_" * max(map(len, re.findall("_+", norm)))
             by_match[found] = ph
             mapping[ph] = found
         out.append(text[last:s])
@@ -296,10 +300,8 @@ def _callee(func: ast.AST) -> str | None:
 
 
 def _ast_parse(src: str) -> ast.Expression:
-    if "\\" not in src:
-        return ast.parse(src, mode="eval")
-    # "C:\path" warns about an invalid escape; a warnings filter set to "error" would turn that into a
-    # SyntaxError, so the outcome must not depend on the caller's filters.
+    # "C:\path" (invalid escape) and "1if" (invalid decimal literal) warn; a warnings filter set to "error"
+    # would turn that into a SyntaxError, so the outcome must not depend on the caller's filters.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ast.parse(src, mode="eval")

@@ -82,6 +82,9 @@ class EngineConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_threads: int = Field(2, ge=1)
     in_process: bool = True  # vLLM on CPU: VLLM_ENABLE_V1_MULTIPROCESSING=0 (faster start, less memory)
+    # vLLM: skip torch.compile/graph capture. On CPU compiling costs ≈ 90 s per start and the pool restarts
+    # between stages; on GPUs set false (compiled graphs are faster and start-up is amortised).
+    enforce_eager: bool = True
 
 
 class ReplicaConfig(_Section):

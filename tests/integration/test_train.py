@@ -314,10 +314,10 @@ def _zero3_load(config: dict) -> dict:
     return {"without_fix": without, "partitioned": partitioned}
 
 
-def test_zero3_model_build_needs_deepspeed_comm_initialised(ray_session, tiny_model_dir):
+def test_zero3_model_build_needs_deepspeed_comm_initialised(ray_session, tiny_model_dir, tmp_path):
     """The failure the fix addresses, and the fix, in one two-worker run."""
     import ray.cloudpickle
-    from ray.train import ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
@@ -325,6 +325,7 @@ def test_zero3_model_build_needs_deepspeed_comm_initialised(ray_session, tiny_mo
         _zero3_load,
         train_loop_config={"model_dir": tiny_model_dir},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(tmp_path)),
     )
     out = trainer.fit().return_value
     assert (

@@ -311,6 +311,7 @@ def _progress_callback(job: TrainJob, *, resumed: bool) -> Any:
 
 class _Progress:
     def __init__(self, job: TrainJob, *, resumed: bool):
+        self.kind = job.kind
         self.checkpoint_steps = set(job.checkpoint_steps)
         self.crash_after_step = job.crash_after_step
         self.resumed = resumed
@@ -330,6 +331,14 @@ class _Progress:
         entry = state.log_history[-1] if state.log_history else {}
         if "loss" in entry and self._step_time is not None:
             entry["step_time_s"] = round(self._step_time, 4)
+        if "loss" in entry and state.is_world_process_zero:
+            # One progress line per step; Ray forwards worker output to the driver's terminal.
+            extra = f"  margin {entry['rewards/margins']:.3f}" if "rewards/margins" in entry else ""
+            print(
+                f"{self.kind}: step {state.global_step}/{state.max_steps}  loss {entry['loss']:.4f}{extra}  "
+                f"{entry.get('step_time_s', 0):.1f} s/step",
+                flush=True,
+            )
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train

@@ -6,6 +6,7 @@ scripted fake engine can stand in for a real one in unit tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -54,3 +55,27 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def score_sequences(
+    items: Sequence[tuple[str | list[int], str | list[int]]],
+    encode: Callable[[str | list[int], str], list[int]],
+    max_tokens: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Check and encode ``score`` items: (prompt + continuation ids, continuation length) per item.
+
+    ``encode(text_or_ids, where)`` gives token ids; ``max_tokens`` is the most one sequence may hold.
+    """
+    seqs, lens = [], []
+    for i, (prompt, continuation) in enumerate(items):
+        p = encode(prompt, f"score item {i} prompt")
+        c = encode(continuation, f"score item {i} continuation")
+        if not p or not c:
+            raise EngineError(f"score item {i}: prompt and continuation must both be non-empty")
+        if len(p) + len(c) > max_tokens:
+            raise EngineError(
+                f"score item {i}: {len(p) + len(c)} tokens do not fit in {max_tokens} (engine.max_model_len)"
+            )
+        seqs.append(p + c)
+        lens.append(len(c))
+    return seqs, lens

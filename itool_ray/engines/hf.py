@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from itool_ray.config import EngineConfig
-from itool_ray.engines.base import Completion, EngineError, GenerationRequest, GenerationResult
+from itool_ray.engines.base import (
+    Completion,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    score_sequences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +227,9 @@ class HFEngine:
         """Continuation token logprobs for many (prompt, continuation) pairs, one forward pass per batch."""
         import torch
 
-        seqs, lens = [], []
-        for i, (prompt, continuation) in enumerate(items):
-            p = self._prompt_ids(prompt, where=f"score item {i} prompt")
-            c = self._prompt_ids(continuation, where=f"score item {i} continuation")
-            if not p or not c:
-                raise EngineError(f"score item {i}: prompt and continuation must both be non-empty")
-            if len(p) + len(c) > self.cfg.max_model_len:
-                raise EngineError(
-                    f"score item {i}: {len(p) + len(c)} tokens exceed engine.max_model_len={self.cfg.max_model_len}"
-                )
-            seqs.append(p + c)
-            lens.append(len(c))
+        seqs, lens = score_sequences(
+            items, lambda x, where: self._prompt_ids(x, where=where), self.cfg.max_model_len
+        )
         out: list[list[float]] = []
         for start in range(0, len(seqs), self.max_batch_rows):
             batch, clens = (

@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from itool_ray.config import EngineConfig
-from itool_ray.engines.base import Completion, EngineError, GenerationRequest, GenerationResult
+from itool_ray.engines.base import (
+    Completion,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    score_sequences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +207,11 @@ class VLLMEngine:
         """Continuation token logprobs for many (prompt, continuation) pairs in one engine call."""
         from vllm import SamplingParams
 
-        prompts, lens = [], []
-        for i, (prompt, continuation) in enumerate(items):
-            p = self._prompt_ids(prompt, where=f"score item {i} prompt")
-            c = self._prompt_ids(continuation, where=f"score item {i} continuation")
-            if not p or not c:
-                raise EngineError(f"score item {i}: prompt and continuation must both be non-empty")
-            if len(p) + len(c) >= self.cfg.max_model_len:
-                raise EngineError(
-                    f"score item {i}: {len(p) + len(c)} tokens do not fit engine.max_model_len={self.cfg.max_model_len}"
-                )
-            prompts.append(_tokens_prompt(p + c))
-            lens.append(len(c))
+        # vLLM needs room for the one token it generates after the scored sequence.
+        seqs, lens = score_sequences(
+            items, lambda x, where: self._prompt_ids(x, where=where), self.cfg.max_model_len - 1
+        )
+        prompts = [_tokens_prompt(seq) for seq in seqs]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)

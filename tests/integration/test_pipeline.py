@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,7 +57,9 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     # A second run finds everything done and redoes nothing.
     run_pipeline(cfg)
     again = _manifest(run_dir)
-    assert {n: s["ended"] for n, s in again["stages"].items()} == {n: s["ended"] for n, s in manifest["stages"].items()}
+    assert {n: s["ended"] for n, s in again["stages"].items()} == {
+        n: s["ended"] for n, s in manifest["stages"].items()
+    }
 
 
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):
@@ -69,19 +76,74 @@ def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, 
 
 
 # -- a real Ray head started with `ray start`, used by a driver subprocess ------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    port = 6391
-    temp = tmp_path_factory.mktemp("ray-head")
+def ray_head():
+    """A head started by `ray start --block` in its own process group, stopped by signalling that group
+    only (`ray stop` would also stop every other Ray instance on the machine, the test session's included)."""
+    port, dashboard = _free_port(), _free_port()
+    # A short temp dir: Ray's unix socket paths under it must stay within 107 bytes.
+    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+    token = secrets.token_hex(32)
     # The job's `python` must be this environment's interpreter: put it first on the head's PATH.
-    env = {**os.environ, "RAY_TMPDIR": str(temp), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run([str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", "8277", "--num-cpus", "2",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    # Token auth on, with a token of the test's own that the head, the drivers and `ray job submit` share.
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": temp,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
+    head = subprocess.Popen(
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
     try:
-        yield {"address": f"127.0.0.1:{port}", "dashboard": "http://127.0.0.1:8277", "env": env}
+        deadline = time.time() + 180
+        while True:  # the dashboard (job API) comes up after `ray start` has returned
+            try:
+                req = urllib.request.Request(
+                    f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}
+                )
+                urllib.request.urlopen(req, timeout=5)
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                assert time.time() < deadline, "the Ray dashboard did not come up within 180 s"
+                time.sleep(1)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": url, "env": env, "token": token}
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _driver_env(head: dict) -> dict:
@@ -90,11 +152,23 @@ def _driver_env(head: dict) -> dict:
 
 @pytest.mark.slow
 def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, data_dir, ray_head):
-    args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny", "--run.root", str(tmp_path),
-            "--run.data_dir", data_dir, "--run.name", "crash"]
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "pipeline.py"),
+        "--config",
+        "tiny",
+        "--run.root",
+        str(tmp_path),
+        "--run.data_dir",
+        data_dir,
+        "--run.name",
+        "crash",
+    ]
     run_dir = tmp_path / "crash"
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(args, env=_driver_env(ray_head), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen(
+        args, env=_driver_env(ray_head), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         m = run_dir / "manifest.json"
@@ -105,14 +179,18 @@ def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, 
             except json.JSONDecodeError:
                 pass  # never happens with atomic writes; tolerated so the test reports the real failure
         time.sleep(0.2)
-    assert proc.poll() is None, f"the driver ended before the search stage:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+    assert proc.poll() is None, (
+        f"the driver ended before the search stage:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _manifest(run_dir)["stages"]
     assert before["iter_1/search"]["status"] == "running"
     assert not (run_dir / "iter_1" / "trees.jsonl").exists(), "a partial trees file must not look complete"
 
-    rerun = subprocess.run(args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    rerun = subprocess.run(
+        args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=900
+    )
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     after = _manifest(run_dir)["stages"]
     done_before = [n for n, s in before.items() if s["status"] == "done"]
@@ -126,10 +204,32 @@ def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, 
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_tiny_pipeline(tmp_path, data_dir, ray_head):
     out = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
-         "--", "python", "jobs/pipeline.py", "--config", "tiny", "--run.root", str(tmp_path), "--run.data_dir",
-         data_dir, "--run.name", "job", "--run.iterations", "1"],
-        env=ray_head["env"], capture_output=True, text=True, timeout=900,
+        [
+            str(VENV_BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_head["dashboard"],
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "jobs/pipeline.py",
+            "--config",
+            "tiny",
+            "--run.root",
+            str(tmp_path),
+            "--run.data_dir",
+            data_dir,
+            "--run.name",
+            "job",
+            "--run.iterations",
+            "1",
+        ],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()

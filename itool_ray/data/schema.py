@@ -76,7 +76,9 @@ class Sample(BaseModel):
             raise ValueError("messages must hold at least one message")
         for i, m in enumerate(v):
             if m.get("role") not in ("system", "user", "assistant", "tool"):
-                raise ValueError(f"messages[{i}].role must be system|user|assistant|tool, got {m.get('role')!r}")
+                raise ValueError(
+                    f"messages[{i}].role must be system|user|assistant|tool, got {m.get('role')!r}"
+                )
             if not isinstance(m.get("content"), str):
                 raise ValueError(f"messages[{i}].content must be a string")
         return v
@@ -123,4 +125,6 @@ class Sample(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "record"
-            raise SampleError(f"{where}: {err['msg']}", sample_id=d.get("id") if isinstance(d.get("id"), str) else None) from None
+            raise SampleError(
+                f"{where}: {err['msg']}", sample_id=d.get("id") if isinstance(d.get("id"), str) else None
+            ) from None

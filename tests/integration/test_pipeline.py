@@ -116,6 +116,16 @@ def ray_head():
             "--num-cpus",
             "2",
             "--disable-usage-stats",
+            # Ports of their own: the session's ray.init() cluster already holds the defaults (an agent that
+            # cannot bind 52365 leaves the head answering "No available agent to submit job").
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
+            "--dashboard-agent-grpc-port",
+            str(_free_port()),
+            "--runtime-env-agent-port",
+            str(_free_port()),
+            "--metrics-export-port",
+            str(_free_port()),
         ],
         env=env,
         stdout=subprocess.DEVNULL,

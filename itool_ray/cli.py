@@ -14,6 +14,7 @@ from itool_ray.config import PRESETS, Config, ConfigError, load_config
 
 EXIT_USAGE = 2  # bad config, bad input, bad flags
 EXIT_UNAVAILABLE = 3  # a stage this version does not provide yet
+EXIT_FAILURE = 1  # the environment failed: disk full, unwritable path
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageUnavailable as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes
+        print(f"itool: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("itool: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from itool_ray.config import Config
 from itool_ray.rundir import RunDir
 
 log = logging.getLogger("itool")
+
+# Fault injection for the crash tests (tests/integration/test_pipeline.py): the driver SIGKILLs itself right
+# after this stage is recorded as done, as a lost head node or an OOM kill would stop it at a stage boundary.
+KILL_AFTER_STAGE_ENV = "ITOOL_KILL_AFTER_STAGE"
 
 
 class StageUnavailable(RuntimeError):
@@ -500,6 +505,8 @@ def run_pipeline(
                     "stages are kept)"
                 ) from e
             log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
+            if os.environ.get(KILL_AFTER_STAGE_ENV) == name:
+                os.kill(os.getpid(), signal.SIGKILL)
     finally:
         ctx.release_pool()
     log.info("run %s finished in %.1f s", run.uri, time.time() - t0)

@@ -8,8 +8,10 @@ never leaves a partial file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
@@ -51,11 +55,16 @@ class RunDir:
             self.fs.makedirs(os.path.dirname(target), exist_ok=True)
             if self.local:
                 tmp = f"{target}.tmp-{os.getpid()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                except OSError:
+                    with contextlib.suppress(OSError):  # a full disk leaves no half-written temp file behind
+                        os.unlink(tmp)
+                    raise
             else:
                 self.fs.pipe_file(target, data)
         except OSError as e:
@@ -129,9 +138,12 @@ class RunDir:
         try:
             yield rec
         except BaseException as e:
-            self._update_stage(
-                name, status="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - start
-            )
+            try:
+                self._update_stage(
+                    name, status="failed", error=f"{type(e).__name__}: {e}", seconds=time.time() - start
+                )
+            except RunDirError as record_error:  # e.g. the disk is full: the stage's own error is the news
+                log.error("could not record the failure of %s: %s", name, record_error)
             raise
         checksums = {rel: self.checksum(rel) for rel in rec.outputs}
         self._update_stage(

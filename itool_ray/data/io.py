@@ -346,15 +346,17 @@ def _write_atomic(path: str, write) -> None:
             write(f)
         return
     target = _local(path)
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # disk full, unwritable directory, a file where a directory should be
+            raise DatasetError(f"cannot write {path}: {e.strerror or e}") from None
         raise

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from itool_ray.config import load_config
-from itool_ray.pipeline import run_pipeline, stages
+from itool_ray.pipeline import KILL_AFTER_STAGE_ENV, run_pipeline, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -156,24 +156,19 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _driver_args(tmp_path: Path, data_dir: str, name: str) -> list[str]:
+    """The tiny pipeline's job entry script, as `ray job submit` would run it."""
+    args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny"]
+    return args + ["--run.root", str(tmp_path), "--run.data_dir", data_dir, "--run.name", name]
+
+
 def _driver_env(head: dict) -> dict:
     return {**head["env"], "RAY_ADDRESS": head["address"], "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.mark.slow
 def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, data_dir, ray_head):
-    args = [
-        sys.executable,
-        str(ROOT / "jobs" / "pipeline.py"),
-        "--config",
-        "tiny",
-        "--run.root",
-        str(tmp_path),
-        "--run.data_dir",
-        data_dir,
-        "--run.name",
-        "crash",
-    ]
+    args = _driver_args(tmp_path, data_dir, "crash")
     run_dir = tmp_path / "crash"
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(
@@ -209,6 +204,40 @@ def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, 
         assert after[name]["ended"] == before[name]["ended"], f"{name} was done twice"
     assert all(s["status"] == "done" for s in after.values())
     assert (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_driver_killed_at_every_stage_boundary_loses_and_redoes_nothing(tmp_path, data_dir, ray_head):
+    """SIGKILL the driver right after each stage in turn; every re-run does exactly the next stage."""
+    cfg = _cfg(tmp_path, data_dir, "boundaries")
+    names = [n for n, _ in stages(cfg)]
+    args = _driver_args(tmp_path, data_dir, "boundaries")
+    run_dir = tmp_path / "boundaries"
+    ended: dict[str, float] = {}
+    for name in names[:-1]:
+        env = {**_driver_env(ray_head), KILL_AFTER_STAGE_ENV: name}
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (name, proc.returncode, proc.stderr[-3000:])
+        stages_now = _manifest(run_dir)["stages"]
+        done = {n: s["ended"] for n, s in stages_now.items() if s["status"] == "done"}
+        assert set(done) == set(ended) | {name}, f"after the kill at {name}: done {sorted(done)}"
+        for n, t in ended.items():
+            assert done[n] == t, f"{n} was redone by the run that was killed after {name}"
+        ended = done
+        # Outputs of a completed stage are there and match the recorded checksums.
+        for rel, digest in stages_now[name].get("checksums", {}).items():
+            assert digest, f"{name}: no checksum for {rel}"
+            assert (run_dir / rel).exists(), f"{name}: output {rel} is missing"
+    final = subprocess.run(
+        args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    after = _manifest(run_dir)["stages"]
+    assert [n for n in names if after[n]["status"] != "done"] == []
+    assert {n: after[n]["ended"] for n in ended} == ended
+    assert not list(run_dir.rglob("*.tmp-*")), "a temporary file was left behind"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {"base", "warmup", "iter_1", "control"} <= set(results)
 
 
 @pytest.mark.slow

@@ -161,6 +161,30 @@ def test_overload_is_429_not_a_crash(server):
     assert set(codes) <= {200, 429} and codes.count(200) >= 1 and 429 in codes, codes
 
 
+def _load(server, clients: int, seconds: float) -> dict:
+    """The load generator in a second process, as a real client would be."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "itool_ray.loadgen", "--url", server, "--api-key", API_KEY]
+    cmd += ["--clients", str(clients), "--seconds", str(seconds), "--max-tokens", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_load_at_the_configured_concurrency_has_no_errors_and_overload_gets_429(server):
+    import requests
+
+    steady = _load(server, clients=1, seconds=5)  # serve.max_concurrency is 1 here
+    assert steady["ok"] >= 1 and steady["status"] == {"200": steady["ok"]}, steady
+    overload = _load(server, clients=8, seconds=5)
+    assert set(overload["status"]) <= {"200", "429", "503"}, overload  # no 5xx crash, no dropped connection
+    assert overload["ok"] >= 1 and overload["status"].get("429", 0) >= 1, overload
+    assert requests.get(f"{server}/health", timeout=10).status_code == 200
+
+
 def test_a_normal_request_still_succeeds_after_bad_ones(client):
     resp = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, max_tokens=8)
     assert resp.choices[0].message.role == "assistant"

@@ -117,6 +117,8 @@ class MCTSConfig(_Section):
     leaves_per_tree: int = Field(1, ge=1)
     concurrent_trees: int = Field(32, ge=1)
     max_tokens: int = Field(96, ge=8)
+    # Trees per iteration: the most deficient samples first (mining.deficient_samples); None = all of them.
+    max_trees: int | None = Field(None, ge=1)
     tree_timeout_s: float = Field(600, gt=0)
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
 
@@ -124,6 +126,7 @@ class MCTSConfig(_Section):
 class PairsConfig(_Section):
     q_gap: float = Field(0.1, ge=0, le=1)
     q_floor: float = Field(0.5, ge=0, le=1)
+    min_chosen_reward: float = Field(0.0, ge=0, le=1)  # the chosen answer's reward; 1.0 = exact answers only
     max_per_sample: int = Field(4, ge=1)
     max_per_iteration: int = Field(4000, ge=1)
     ground_truth_pairs: bool = True

@@ -201,6 +201,15 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def deficient_samples(rows: Iterable[dict[str, Any]]) -> list[Sample]:
-    """The deficient rows' Samples (what the MCTS stage searches), in row order."""
-    return [Sample.model_validate(json.loads(r["sample"])) for r in rows if r["deficient"]]
+def deficient_samples(rows: Iterable[dict[str, Any]], limit: int | None = None) -> list[Sample]:
+    """The deficient rows' Samples (what the MCTS stage searches).
+
+    All of them in row order; with ``limit``, the ``limit`` most deficient: those the policy's greedy
+    answer gets wrong before those only a sample got wrong, the less likely ground truth (higher
+    perplexity) first within each, row order breaking ties.
+    """
+    kept = [(i, r) for i, r in enumerate(rows) if r["deficient"]]
+    if limit is not None and len(kept) > limit:
+        ranked = sorted(kept, key=lambda t: (bool(t[1]["greedy_exact"]), -float(t[1]["gt_perplexity"]), t[0]))
+        kept = sorted(ranked[:limit], key=lambda t: t[0])
+    return [Sample.model_validate(json.loads(r["sample"])) for _, r in kept]

@@ -295,7 +295,7 @@ def stage_search(ctx: Context, k: int) -> None:
 
     name = f"iter_{k}/search"
     with ctx.run.stage(name) as st:
-        samples = deficient_samples(_mined(ctx, k))
+        samples = deficient_samples(_mined(ctx, k), limit=ctx.cfg.mcts.max_trees)
         tok = ctx.tokenizer()
         tasks = [
             SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style))
@@ -339,6 +339,7 @@ def _policy_answer(row: dict[str, Any]) -> str | None:
 def stage_pairs(ctx: Context, k: int) -> None:
     from itool_ray.data.schema import Sample
     from itool_ray.mcts import Tree, build_pairs
+    from itool_ray.mining import deficient_samples
 
     name = f"iter_{k}/pairs"
     with ctx.run.stage(name) as st:
@@ -346,7 +347,13 @@ def stage_pairs(ctx: Context, k: int) -> None:
         samples = {r["id"]: Sample.model_validate(json.loads(r["sample"])) for r in rows}
         text = ctx.run.read_text(f"iter_{k}/trees.jsonl")
         trees = [Tree.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
-        deficient = [(samples[r["id"]], a) for r in rows if (a := _policy_answer(r)) is not None]
+        # Ground-truth pairs for the samples this iteration searched (all deficient ones without mcts.max_trees).
+        chosen_ids = {s.id for s in deficient_samples(rows, limit=ctx.cfg.mcts.max_trees)}
+        deficient = [
+            (samples[r["id"]], a)
+            for r in rows
+            if r["id"] in chosen_ids and (a := _policy_answer(r)) is not None
+        ]
         pairs, stats = build_pairs(trees, samples, ctx.cfg.pairs, iteration=k, deficient=deficient)
         ctx.run.write_text(
             f"iter_{k}/pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)

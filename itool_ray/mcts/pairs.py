@@ -21,7 +21,9 @@ Step-level pairs: at every node with two or more children, the best child by Q a
 when the Q gap >= ``q_gap``, the two steps differ (ignoring whitespace), and the chosen Q >= ``q_floor``.
 Each side is its child's step continued by the best complete rollout under that child. A pair is also
 dropped when the rejected side's rollout scored at least as well as the chosen side's: the text pair
-would then teach the model to avoid an answer that is not worse. ``depth`` = steps in the shared prefix.
+would then teach the model to avoid an answer that is not worse, and when the chosen side's answer scores
+below ``min_chosen_reward`` (1.0 = only exact answers are ever chosen: with an SFT term on the chosen side,
+a partly right answer would be taught as it is). ``depth`` = steps in the shared prefix.
 
 Ground-truth pairs: the ground-truth answer against the policy's answer found deficient by mining, with
 an empty prefix (depth 0); skipped when the policy answer is in fact right (reward 1.0) or identical.
@@ -57,6 +59,7 @@ class PairStats:
     same_step: int = 0
     below_floor: int = 0
     rollout_not_worse: int = 0
+    chosen_not_good: int = 0  # the chosen side's answer scored below min_chosen_reward
     gt_candidates: int = 0
     gt_not_deficient: int = 0  # the policy answer was right (or the ground truth itself)
     duplicates: int = 0
@@ -136,6 +139,9 @@ def step_pairs(
             continue
         if worst.best_reward >= best.best_reward:
             stats.rollout_not_worse += 1
+            continue
+        if best.best_reward < cfg.min_chosen_reward - _EPS:
+            stats.chosen_not_good += 1
             continue
         prefix = tree.prefix(node)
         out.append(

@@ -133,3 +133,21 @@ def test_deficient_samples_reads_back_the_kept_samples():
     right = render_answer(CALL)
     rows = [mine_record(s1, "nonsense", [], [-1.0]), mine_record(s2, right, [], [-0.1])]
     assert deficient_samples(apply_rule(rows, ratio=0.0)) == [s1]
+
+
+def test_deficient_samples_limit_keeps_greedy_failures_first_then_the_least_likely_truth():
+    right = render_answer(CALL)
+    s = [_sample(f"s{i}", CALL) for i in range(5)]
+    rows = apply_rule(
+        [
+            mine_record(s[0], right, ["nonsense"], [-0.1]),  # only a sample wrong, likely truth
+            mine_record(s[1], "nonsense", [], [-0.2]),  # greedy wrong
+            mine_record(s[2], right, ["nonsense"], [-3.0]),  # only a sample wrong, unlikely truth
+            mine_record(s[3], "nonsense", [], [-2.0]),  # greedy wrong, less likely truth
+            mine_record(s[4], right, [right], [-0.1]),  # right: not deficient
+        ],
+        ratio=0.0,
+    )
+    assert deficient_samples(rows, limit=2) == [s[1], s[3]]  # row order kept
+    assert deficient_samples(rows, limit=3) == [s[1], s[2], s[3]]
+    assert deficient_samples(rows, limit=10) == deficient_samples(rows) == s[:4]

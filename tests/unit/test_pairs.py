@@ -114,6 +114,18 @@ def test_chosen_below_the_floor_is_dropped():
     assert len(pairs) == 1
 
 
+def test_min_chosen_reward_keeps_only_pairs_whose_chosen_answer_is_good_enough():
+    partly_right = fork_tree(c_rewards=(0.8,), f_rewards=(0.1,))
+    exact = fork_tree(c_rewards=(1.0,), f_rewards=(0.1,), sid="w1")
+    samples = {"w0": sample(), "w1": sample("w1")}
+    pairs, stats = build_pairs(
+        [partly_right, exact], samples, PairsConfig(min_chosen_reward=1.0), iteration=1
+    )
+    assert [p["meta"]["sample_id"] for p in pairs] == ["w1"] and stats.chosen_not_good == 1
+    pairs, _ = build_pairs([partly_right, exact], samples, PairsConfig(), iteration=1)
+    assert len(pairs) == 2
+
+
 def test_steps_that_differ_only_in_whitespace_are_no_pair():
     tree = fork_tree(c_step=C_STEP, f_step="  " + C_STEP.strip())
     pairs, stats = build_pairs([tree], {"w0": sample()}, PairsConfig(), iteration=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,25 @@ def global_batch(micro_batch_size: int, grad_accum: int, world_size: int) -> int
     return micro_batch_size * grad_accum * world_size
 
 
+LENGTH_WINDOW_BATCHES = 8  # length grouping sorts within windows of this many global batches
+
+
 def schedule_rows(
-    rows: Sequence[dict[str, Any]], *, epochs: float, seed: int, multiple: int
+    rows: Sequence[dict[str, Any]],
+    *,
+    epochs: float,
+    seed: int,
+    multiple: int,
+    length: Callable[[dict[str, Any]], int] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows in training order: ``epochs`` passes, each freshly shuffled (a fractional epoch takes the
     head of one more shuffle), padded with random repeats to a multiple of the global batch so no
     optimizer step mixes two phases and every rank gets full batches.
+
+    With ``length`` (a row's token count), each window of LENGTH_WINDOW_BATCHES global batches of the
+    shuffled order is sorted by length, cut into global batches, and the batches are shuffled within the
+    window: batches of similar lengths pad less (the collators pad to the longest row of a batch), and
+    the order stays random at the scale of a window.
     """
     if not rows:
         return []
@@ -85,6 +98,22 @@ def schedule_rows(
         out.extend(rng.sample(list(rows), len(rows))[: max(1, round(frac * len(rows)))])
     if len(out) % multiple:
         out.extend(rng.choice(rows) for _ in range(multiple - len(out) % multiple))
+    if length is not None:
+        out = _group_by_length(out, length, multiple=multiple, rng=rng)
+    return out
+
+
+def _group_by_length(
+    rows: list[dict[str, Any]], length: Callable[[dict[str, Any]], int], *, multiple: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    window = multiple * LENGTH_WINDOW_BATCHES
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(rows), window):  # len(rows) is a multiple of ``multiple``
+        ordered = sorted(rows[start : start + window], key=length)
+        batches = [ordered[i : i + multiple] for i in range(0, len(ordered), multiple)]
+        rng.shuffle(batches)
+        for batch in batches:
+            out.extend(batch)
     return out
 
 

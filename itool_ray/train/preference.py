@@ -75,6 +75,10 @@ def pair_rows(
     return rows, skipped
 
 
+def _pair_length(row: dict[str, list[int]]) -> int:
+    return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+
+
 def run_preference(
     pairs: list[dict[str, Any]],
     *,
@@ -100,7 +104,7 @@ def run_preference(
         max_answer_tokens=cfg.data.max_answer_tokens,
     )
     gb = global_batch(t.batch_size, t.grad_accum, max(1, d.num_workers))
-    ordered = schedule_rows(rows, epochs=t.epochs, seed=cfg.run.seed, multiple=gb)
+    ordered = schedule_rows(rows, epochs=t.epochs, seed=cfg.run.seed, multiple=gb, length=_pair_length)
     total_steps = steps_for(len(ordered), gb)
     kind = "simpo" if t.loss == "simpo" else "dpo"
     job = TrainJob(

@@ -28,6 +28,10 @@ from itool_ray.train.ray_train import TrainJob, run_job
 MAX_SKIPPED_IDS = 20  # skipped sample ids listed in the summary (all are counted)
 
 
+def _row_length(row: dict[str, Any]) -> int:
+    return len(row["input_ids"])
+
+
 def sft_rows(
     tokenizer: Any,
     samples: Sequence[Sample],
@@ -162,9 +166,13 @@ def _run_phases(
         skipped += phase_skipped
         if token_budget is not None:
             rows = _within_budget(rows, token_budget, seed=cfg.run.seed + i)
-            scheduled = schedule_rows(rows, epochs=1.0, seed=cfg.run.seed + i, multiple=gb)
+            scheduled = schedule_rows(
+                rows, epochs=1.0, seed=cfg.run.seed + i, multiple=gb, length=_row_length
+            )
         else:
-            scheduled = schedule_rows(rows, epochs=epochs, seed=cfg.run.seed + i, multiple=gb)
+            scheduled = schedule_rows(
+                rows, epochs=epochs, seed=cfg.run.seed + i, multiple=gb, length=_row_length
+            )
         first = len(ordered) // gb + 1
         ordered += scheduled
         info.append(

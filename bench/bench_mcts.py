@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--trees", type=int, default=32)
     ap.add_argument("--simulations", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", help="engine dtype (the quickstart uses bfloat16)")
     ap.add_argument("--data-dir", default=os.path.expanduser("~/.cache/itool-ray"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -38,7 +39,7 @@ def main() -> None:
     samples = generate(args.trees, seed=0, split="train", categories=["simple", "parallel", "reasoning"])
     tasks = [SearchTask(s, render_prompt(tok, s.tools, s.messages)) for s in samples]
     engine_cfg = EngineConfig(cpu_threads=args.threads, kv_cache_memory_bytes=256 * 2**20)
-    engine = make_engine(args.engine, model_dir, engine_cfg, seed=0)
+    engine = make_engine(args.engine, model_dir, engine_cfg, dtype=args.dtype, seed=0)
     base = MCTSConfig(simulations=args.simulations, max_tokens=64, max_failed_fraction=1.0)
     runs = {
         "batched": base.model_copy(update={"concurrent_trees": args.trees}),
@@ -47,7 +48,7 @@ def main() -> None:
     run_search(tasks[:2], engine, runs["batched"])  # warm-up (compilation, caches)
     print(
         f"model {args.model} ({model_dir}), engine {args.engine}, {args.trees} trees, "
-        f"{args.simulations} simulations, load {os.getloadavg()[0]:.1f}"
+        f"{args.simulations} simulations, {args.dtype}, load {os.getloadavg()[0]:.1f}"
     )
     rates = {}
     for name, cfg in runs.items():

@@ -339,7 +339,6 @@ def _policy_answer(row: dict[str, Any]) -> str | None:
 def stage_pairs(ctx: Context, k: int) -> None:
     from itool_ray.data.schema import Sample
     from itool_ray.mcts import Tree, build_pairs
-    from itool_ray.mining import deficient_samples
 
     name = f"iter_{k}/pairs"
     with ctx.run.stage(name) as st:
@@ -348,11 +347,11 @@ def stage_pairs(ctx: Context, k: int) -> None:
         text = ctx.run.read_text(f"iter_{k}/trees.jsonl")
         trees = [Tree.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
         # Ground-truth pairs for the samples this iteration searched (all deficient ones without mcts.max_trees).
-        chosen_ids = {s.id for s in deficient_samples(rows, limit=ctx.cfg.mcts.max_trees)}
+        searched = {t.sample_id for t in trees}
         deficient = [
             (samples[r["id"]], a)
             for r in rows
-            if r["id"] in chosen_ids and (a := _policy_answer(r)) is not None
+            if r["id"] in searched and (a := _policy_answer(r)) is not None
         ]
         pairs, stats = build_pairs(trees, samples, ctx.cfg.pairs, iteration=k, deficient=deficient)
         ctx.run.write_text(

@@ -14,13 +14,31 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 
 log = logging.getLogger(__name__)
+
+
+def write_local_atomic(target: str, write: Callable[[IO[bytes]], Any]) -> None:
+    """``write(f)`` into ``<target>.tmp-<pid>``, fsync, rename over ``target``: a reader never sees a partial
+    file, and a failure (a full disk, an interrupt) leaves no temporary file behind. OSErrors propagate."""
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class RunDirError(RuntimeError):
@@ -54,17 +72,7 @@ class RunDir:
         try:
             self.fs.makedirs(os.path.dirname(target), exist_ok=True)
             if self.local:
-                tmp = f"{target}.tmp-{os.getpid()}"
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, target)
-                except OSError:
-                    with contextlib.suppress(OSError):  # a full disk leaves no half-written temp file behind
-                        os.unlink(tmp)
-                    raise
+                write_local_atomic(target, lambda f: f.write(data))
             else:
                 self.fs.pipe_file(target, data)
         except OSError as e:

@@ -345,18 +345,9 @@ def _write_atomic(path: str, write) -> None:
         with fsspec.open(path, "wb") as f:
             write(f)
         return
-    target = _local(path)
-    tmp = f"{target}.tmp-{os.getpid()}"
+    from itool_ray.rundir import write_local_atomic
+
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):  # disk full, unwritable directory, a file where a directory should be
-            raise DatasetError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+        write_local_atomic(_local(path), write)
+    except OSError as e:  # disk full, unwritable directory, a file where a directory should be
+        raise DatasetError(f"cannot write {path}: {e.strerror or e}") from None

@@ -166,13 +166,8 @@ def _run_phases(
         skipped += phase_skipped
         if token_budget is not None:
             rows = _within_budget(rows, token_budget, seed=cfg.run.seed + i)
-            scheduled = schedule_rows(
-                rows, epochs=1.0, seed=cfg.run.seed + i, multiple=gb, length=_row_length
-            )
-        else:
-            scheduled = schedule_rows(
-                rows, epochs=epochs, seed=cfg.run.seed + i, multiple=gb, length=_row_length
-            )
+        passes = 1.0 if token_budget is not None else epochs
+        scheduled = schedule_rows(rows, epochs=passes, seed=cfg.run.seed + i, multiple=gb, length=_row_length)
         first = len(ordered) // gb + 1
         ordered += scheduled
         info.append(

@@ -119,6 +119,8 @@ class MCTSConfig(_Section):
     max_tokens: int = Field(96, ge=8)
     # Trees per iteration: the most deficient samples first (mining.deficient_samples); None = all of them.
     max_trees: int | None = Field(None, ge=1)
+    # With max_trees: share the trees out evenly across the samples' categories (mining.deficient_samples).
+    trees_per_category: bool = False
     tree_timeout_s: float = Field(600, gt=0)
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
 
@@ -130,6 +132,9 @@ class PairsConfig(_Section):
     max_per_sample: int = Field(4, ge=1)
     max_per_iteration: int = Field(4000, ge=1)
     ground_truth_pairs: bool = True
+    # Drop ground-truth pairs whose deficient answer has another number of calls than the ground truth:
+    # when most deficient samples fail one way, such pairs teach "fewer/more calls" as a global bias.
+    ground_truth_same_calls: bool = False
 
 
 class LoraConfig(_Section):

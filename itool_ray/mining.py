@@ -201,15 +201,30 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def deficient_samples(rows: Iterable[dict[str, Any]], limit: int | None = None) -> list[Sample]:
+def deficient_samples(
+    rows: Iterable[dict[str, Any]], limit: int | None = None, *, per_category: bool = False
+) -> list[Sample]:
     """The deficient rows' Samples (what the MCTS stage searches).
 
     All of them in row order; with ``limit``, the ``limit`` most deficient: those the policy's greedy
     answer gets wrong before those only a sample got wrong, the less likely ground truth (higher
-    perplexity) first within each, row order breaking ties.
+    perplexity) first within each, row order breaking ties. ``per_category`` shares the ``limit`` out
+    evenly across the rows' categories (round robin over each category's ranking; a category with fewer
+    deficient rows leaves its share to the others), so one category's failures cannot fill the budget.
     """
     kept = [(i, r) for i, r in enumerate(rows) if r["deficient"]]
     if limit is not None and len(kept) > limit:
         ranked = sorted(kept, key=lambda t: (bool(t[1]["greedy_exact"]), -float(t[1]["gt_perplexity"]), t[0]))
+        if per_category:
+            groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+            for t in ranked:
+                groups.setdefault(str(t[1].get("category") or ""), []).append(t)
+            queues = [groups[c] for c in sorted(groups)]
+            picked: list[tuple[int, dict[str, Any]]] = []
+            depth = 0
+            while len(picked) < limit:
+                picked += [q[depth] for q in queues if depth < len(q)][: limit - len(picked)]
+                depth += 1
+            ranked = picked
         kept = sorted(ranked[:limit], key=lambda t: t[0])
     return [Sample.model_validate(json.loads(r["sample"])) for _, r in kept]

@@ -295,7 +295,9 @@ def stage_search(ctx: Context, k: int) -> None:
 
     name = f"iter_{k}/search"
     with ctx.run.stage(name) as st:
-        samples = deficient_samples(_mined(ctx, k), limit=ctx.cfg.mcts.max_trees)
+        samples = deficient_samples(
+            _mined(ctx, k), limit=ctx.cfg.mcts.max_trees, per_category=ctx.cfg.mcts.trees_per_category
+        )
         tok = ctx.tokenizer()
         tasks = [
             SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style))

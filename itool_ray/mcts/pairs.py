@@ -26,7 +26,8 @@ below ``min_chosen_reward`` (1.0 = only exact answers are ever chosen: with an S
 a partly right answer would be taught as it is). ``depth`` = steps in the shared prefix.
 
 Ground-truth pairs: the ground-truth answer against the policy's answer found deficient by mining, with
-an empty prefix (depth 0); skipped when the policy answer is in fact right (reward 1.0) or identical.
+an empty prefix (depth 0); skipped when the policy answer is in fact right (reward 1.0) or identical, and
+with ``ground_truth_same_calls`` when it has another number of calls than the ground truth.
 
 Caps: at most ``max_per_sample`` pairs per sample and ``max_per_iteration`` in all, preferring the
 largest Q gaps (ground-truth pairs rank by 1 - reward of the deficient answer); exact duplicates (same
@@ -62,6 +63,7 @@ class PairStats:
     chosen_not_good: int = 0  # the chosen side's answer scored below min_chosen_reward
     gt_candidates: int = 0
     gt_not_deficient: int = 0  # the policy answer was right (or the ground truth itself)
+    gt_call_count: int = 0  # dropped by ground_truth_same_calls: another number of calls than the truth
     duplicates: int = 0
     over_sample_cap: int = 0
     over_iteration_cap: int = 0
@@ -169,10 +171,13 @@ def ground_truth_pair(
     iteration: int,
     score: ScoreFn | None = None,
     stats: PairStats | None = None,
+    same_calls: bool = False,
 ) -> dict[str, Any] | None:
     """Ground truth (chosen) vs the policy's deficient answer (rejected), empty prefix; None when the
-    policy answer is right after all."""
+    policy answer is right after all, or (``same_calls``) when it parses to another number of calls than
+    the ground truth has (an answer that does not parse is kept: its fault is the syntax)."""
     from itool_ray.prompts import render_answer
+    from itool_ray.toolcall import ToolCallParseError, parse
 
     stats = stats if stats is not None else PairStats()
     score = score or default_score
@@ -182,6 +187,14 @@ def ground_truth_pair(
     if q_policy >= 1.0 or _same_step(truth, policy_answer):
         stats.gt_not_deficient += 1
         return None
+    if same_calls:
+        try:
+            n_calls = len(parse(policy_answer, tool_names=[t["name"] for t in sample.tools]))
+        except ToolCallParseError:
+            n_calls = len(sample.answer)
+        if n_calls != len(sample.answer):
+            stats.gt_call_count += 1
+            return None
     return _pair(
         sample,
         "",
@@ -236,7 +249,14 @@ def build_pairs(
         )
     if cfg.ground_truth_pairs:
         for sample, answer in deficient:
-            pair = ground_truth_pair(sample, answer, iteration=iteration, score=score, stats=stats)
+            pair = ground_truth_pair(
+                sample,
+                answer,
+                iteration=iteration,
+                score=score,
+                stats=stats,
+                same_calls=cfg.ground_truth_same_calls,
+            )
             if pair is not None:
                 by_sample.setdefault(sample.id, []).append(pair)
 

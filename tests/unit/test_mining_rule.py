@@ -105,6 +105,23 @@ def test_mine_record_scores_answers_and_ground_truth():
     assert Sample.model_validate_json(row["sample"]) == s
 
 
+def test_deficient_samples_per_category_shares_the_limit_out_across_categories():
+    right = render_answer(CALL)
+    s = [
+        _sample(f"s{i}", CALL, category=c)
+        for i, c in enumerate(["reasoning"] * 4 + ["simple", "parallel"] * 2)
+    ]
+    records = [mine_record(x, "nonsense", [], [-1.0 - i]) for i, x in enumerate(s[:4])]  # greedy wrong
+    records += [mine_record(x, right, ["nonsense"], [-0.1]) for x in s[4:]]  # only a sample wrong
+    rows = apply_rule(records, ratio=0.0)
+    # most deficient first would take reasoning only; per category: each category's best, then the next
+    assert deficient_samples(rows, limit=3) == s[1:4]
+    assert deficient_samples(rows, limit=3, per_category=True) == [s[3], s[4], s[5]]
+    # a category that runs out leaves its share to the others
+    assert deficient_samples(rows, limit=7, per_category=True) == [s[1], s[2], s[3], *s[4:]]
+    assert deficient_samples(rows, limit=8, per_category=True) == deficient_samples(rows) == s
+
+
 def test_mine_record_no_call_sample_answered_with_no_call_is_right():
     row = mine_record(_sample("n1", [], category="irrelevance"), "[]", ["[]"], [-0.1])
     assert row["has_call"] is False and row["wrong"] is False

@@ -7,6 +7,7 @@ import pytest
 from itool_ray.config import PairsConfig
 from itool_ray.data.schema import Sample
 from itool_ray.mcts import Tree, build_pairs, ground_truth_pair, pair_texts, step_pairs
+from itool_ray.mcts.pairs import PairStats
 from itool_ray.prompts import render_answer
 
 PREFIX = '[get_weather(city="Paris",'
@@ -222,6 +223,21 @@ def test_build_pairs_adds_ground_truth_pairs_unless_disabled():
     assert (stats.mcts_pairs, stats.ground_truth_pairs) == (1, 1)
     pairs, _ = build_pairs([fork_tree()], {"w0": s}, PairsConfig(ground_truth_pairs=False), **args)
     assert [p["meta"]["origin"] for p in pairs] == ["mcts"]
+
+
+def test_same_calls_drops_ground_truth_pairs_whose_answer_has_another_number_of_calls():
+    s = sample()
+    extra = FAHRENHEIT[:-1] + ', get_weather(city="Rome", unit="fahrenheit")]'  # one call too many
+    stats = PairStats()
+    assert ground_truth_pair(s, extra, iteration=1, score=unit_score, stats=stats, same_calls=True) is None
+    assert stats.gt_call_count == 1
+    assert ground_truth_pair(s, extra, iteration=1, score=unit_score) is not None  # off by default
+    # one call with a wrong value is kept; so is an answer that does not parse (its fault is the syntax)
+    assert ground_truth_pair(s, FAHRENHEIT, iteration=1, score=unit_score, same_calls=True) is not None
+    assert ground_truth_pair(s, PREFIX + " unit=", iteration=1, score=unit_score, same_calls=True) is not None
+    cfg = PairsConfig(ground_truth_same_calls=True)
+    pairs, stats = build_pairs([], {"w0": s}, cfg, iteration=1, deficient=[(s, extra)], score=unit_score)
+    assert pairs == [] and stats.gt_call_count == 1
 
 
 # -- how a trainer renders a pair --------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def pair_rows(
 ) -> tuple[list[dict[str, list[int]]], dict[str, list[str]]]:
     """(rows of prompt_ids / chosen_ids / rejected_ids, skipped sample ids by reason).
 
-    Limits: the prompt (conversation + shared prefix) may use ``max_prompt_tokens + max_answer_tokens``;
+    Tokens: see ``_split_tokens``. Limits: the prompt (conversation + shared prefix) may use ``max_prompt_tokens + max_answer_tokens``;
     a longer one is skipped. A continuation longer than ``max_answer_tokens`` is cut there (a rejected answer
     that ran to the generation limit is still a useful negative; TRL truncates the same way). Pairs whose
     two continuations are the same after that are skipped.
@@ -64,7 +64,7 @@ def pair_rows(
             texts = pair_texts(pair, tokenizer, style=style)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise TrainError(f"preference pair {i} (sample {sample_id}) is malformed: {e!r}") from None
-        prompt, chosen, rejected = (encode(tokenizer, texts[k]) for k in ("prompt", "chosen", "rejected"))
+        prompt, chosen, rejected = _split_tokens(tokenizer, texts, str(pair["prompt"][-1]["content"]))
         chosen, rejected = chosen[:max_answer_tokens], rejected[:max_answer_tokens]
         if len(prompt) > max_prompt_tokens + max_answer_tokens:
             skipped["too_long"].append(sample_id)
@@ -73,6 +73,26 @@ def pair_rows(
         else:
             rows.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
     return rows, skipped
+
+
+def _split_tokens(
+    tokenizer: Any, texts: dict[str, str], prefix: str
+) -> tuple[list[int], list[int], list[int]]:
+    """(prompt_ids, chosen_ids, rejected_ids) with the answer tokenized as the policy writes it.
+
+    The conversation is encoded alone (as the engines encode a rendered prompt); the shared answer prefix
+    is encoded together with each continuation, and the tokens the two sides share (never more than the
+    prefix's own) move to the prompt. Encoding the prefix apart would cut the answer at a token boundary
+    the policy never produces (``"`` then ``),`` instead of ``"),``) and train both sides on it.
+    """
+    base = texts["prompt"][: len(texts["prompt"]) - len(prefix)] if prefix else texts["prompt"]
+    full_c = encode(tokenizer, prefix + texts["chosen"])
+    full_r = encode(tokenizer, prefix + texts["rejected"])
+    cap = len(encode(tokenizer, prefix)) if prefix else 0
+    k = 0
+    while k < min(cap, len(full_c), len(full_r)) and full_c[k] == full_r[k]:
+        k += 1
+    return encode(tokenizer, base) + full_c[:k], full_c[k:], full_r[k:]
 
 
 def _pair_length(row: dict[str, list[int]]) -> int:

@@ -133,7 +133,14 @@ def test_rows_hold_exactly_the_tokens_the_engines_see(tiny_model_dir):
     assert len(rows) == len(PAIRS) and not any(skipped.values())
     for pair, row in zip(PAIRS, rows, strict=True):
         text = pair_texts(pair, tok)
-        assert row["prompt_ids"] == tok(text["prompt"], add_special_tokens=False)["input_ids"]
+        prefix = pair["meta"]["prefix"]
+        conversation = tok(text["prompt"][: -len(prefix)], add_special_tokens=False)["input_ids"]
+        n = len(conversation)
+        assert row["prompt_ids"][:n] == conversation
+        # the answer is tokenized whole, as the policy writes it; the prefix's shared tokens are prompt
+        for side in ("chosen", "rejected"):
+            whole = tok(prefix + text[side], add_special_tokens=False)["input_ids"]
+            assert row["prompt_ids"][n:] + row[f"{side}_ids"] == whole
         assert tok.decode(row["prompt_ids"] + row["chosen_ids"]) == text["prompt"] + text["chosen"]
         for side in ("chosen_ids", "rejected_ids"):
             assert row[side][-1] == eot_id and row[side].count(eot_id) == 1
@@ -144,6 +151,31 @@ def test_rows_hold_exactly_the_tokens_the_engines_see(tiny_model_dir):
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert row["completion_mask"] == [0] * n_prompt + [1] * (len(row["input_ids"]) - n_prompt)
     assert tok.decode(row["input_ids"][n_prompt:]) == answer + end_of_turn(tok)
+
+
+def test_a_pair_prefix_is_tokenized_together_with_its_continuations(tiny_model_dir):
+    """A prefix that ends inside what the tokenizer writes as one token (``"`` + ``),``): both sides are
+    tokenized as whole answers, and only the tokens they share go to the prompt."""
+    from itool_ray.prompts import end_of_turn
+    from itool_ray.train.preference import pair_rows
+
+    _, tok = load(tiny_model_dir)
+    prefix = '[get_weather(city="Austin"'
+    pair = weather_pair("Austin")
+    pair["prompt"][-1]["content"] = pair["meta"]["prefix"] = prefix
+    pair["chosen"][0]["content"] = ")]"
+    pair["rejected"][0]["content"] = '), get_weather(city="Austin")]'
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eot = end_of_turn(tok)
+    more = '), get_weather(city="Austin")]' + eot
+    assert enc(prefix) + enc(more) != enc(prefix + more)  # the case this test is about
+    (row,), _ = pair_rows(tok, [pair], style="compact", max_prompt_tokens=512, max_answer_tokens=96)
+    conversation = enc(pair_texts(pair, tok)["prompt"][: -len(prefix)])
+    assert row["prompt_ids"][: len(conversation)] == conversation
+    shared = row["prompt_ids"][len(conversation) :]
+    assert shared + row["chosen_ids"] == enc(prefix + ")]" + eot)
+    assert shared + row["rejected_ids"] == enc(prefix + more)
+    assert row["chosen_ids"][0] != row["rejected_ids"][0]
 
 
 # ---------------------------------------------------------------------------------------------- warm-up

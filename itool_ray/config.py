@@ -121,6 +121,9 @@ class MCTSConfig(_Section):
     max_trees: int | None = Field(None, ge=1)
     # With max_trees: share the trees out evenly across the samples' categories (mining.deficient_samples).
     trees_per_category: bool = False
+    # With max_trees: "hardest" = greedy-wrong samples first, least likely ground truth first; "nearest" = the
+    # policy's near misses first (greedy right, a sample wrong), most likely ground truth first.
+    tree_priority: Literal["hardest", "nearest"] = "hardest"
     tree_timeout_s: float = Field(600, gt=0)
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
 

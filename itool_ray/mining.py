@@ -202,19 +202,31 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def deficient_samples(
-    rows: Iterable[dict[str, Any]], limit: int | None = None, *, per_category: bool = False
+    rows: Iterable[dict[str, Any]],
+    limit: int | None = None,
+    *,
+    per_category: bool = False,
+    priority: str = "hardest",
 ) -> list[Sample]:
     """The deficient rows' Samples (what the MCTS stage searches).
 
     All of them in row order; with ``limit``, the ``limit`` most deficient: those the policy's greedy
     answer gets wrong before those only a sample got wrong, the less likely ground truth (higher
-    perplexity) first within each, row order breaking ties. ``per_category`` shares the ``limit`` out
+    perplexity) first within each, row order breaking ties. ``priority="nearest"`` turns that round: the
+    policy's near misses first (greedy right, a sample wrong), the more likely ground truth first within
+    each. ``per_category`` shares the ``limit`` out
     evenly across the rows' categories (round robin over each category's ranking; a category with fewer
     deficient rows leaves its share to the others), so one category's failures cannot fill the budget.
     """
     kept = [(i, r) for i, r in enumerate(rows) if r["deficient"]]
     if limit is not None and len(kept) > limit:
-        ranked = sorted(kept, key=lambda t: (bool(t[1]["greedy_exact"]), -float(t[1]["gt_perplexity"]), t[0]))
+        if priority not in ("hardest", "nearest"):
+            raise ValueError(f"priority must be 'hardest' or 'nearest', not {priority!r}")
+        sign = 1 if priority == "hardest" else -1
+        ranked = sorted(
+            kept,
+            key=lambda t: (sign * bool(t[1]["greedy_exact"]), -sign * float(t[1]["gt_perplexity"]), t[0]),
+        )
         if per_category:
             groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
             for t in ranked:

@@ -296,7 +296,10 @@ def stage_search(ctx: Context, k: int) -> None:
     name = f"iter_{k}/search"
     with ctx.run.stage(name) as st:
         samples = deficient_samples(
-            _mined(ctx, k), limit=ctx.cfg.mcts.max_trees, per_category=ctx.cfg.mcts.trees_per_category
+            _mined(ctx, k),
+            limit=ctx.cfg.mcts.max_trees,
+            per_category=ctx.cfg.mcts.trees_per_category,
+            priority=ctx.cfg.mcts.tree_priority,
         )
         tok = ctx.tokenizer()
         tasks = [

@@ -168,3 +168,8 @@ def test_deficient_samples_limit_keeps_greedy_failures_first_then_the_least_like
     assert deficient_samples(rows, limit=2) == [s[1], s[3]]  # row order kept
     assert deficient_samples(rows, limit=3) == [s[1], s[2], s[3]]
     assert deficient_samples(rows, limit=10) == deficient_samples(rows) == s[:4]
+    # near misses first (greedy right, a sample wrong), the more likely ground truth first
+    assert deficient_samples(rows, limit=1, priority="nearest") == [s[0]]
+    assert deficient_samples(rows, limit=3, priority="nearest") == [s[0], s[1], s[2]]
+    with pytest.raises(ValueError, match="priority"):
+        deficient_samples(rows, limit=1, priority="easiest")

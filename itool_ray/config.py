@@ -138,6 +138,10 @@ class PairsConfig(_Section):
     # Drop ground-truth pairs whose deficient answer has another number of calls than the ground truth:
     # when most deficient samples fail one way, such pairs teach "fewer/more calls" as a global bias.
     ground_truth_same_calls: bool = False
+    # Keep only pairs whose two complete answers call the same functions with the same argument names, so
+    # they differ in argument values alone (the paper's "fragment deficiency"): a pair that adds or drops an
+    # argument or a call teaches "fewer/more arguments" to every answer.
+    value_errors_only: bool = False
 
 
 class LoraConfig(_Section):

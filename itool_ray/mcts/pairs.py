@@ -29,6 +29,9 @@ Ground-truth pairs: the ground-truth answer against the policy's answer found de
 an empty prefix (depth 0); skipped when the policy answer is in fact right (reward 1.0) or identical, and
 with ``ground_truth_same_calls`` when it has another number of calls than the ground truth.
 
+With ``value_errors_only``, a pair is kept only when its two complete answers call the same functions with
+the same argument names (they differ in values alone); a rejected answer that does not parse is dropped too.
+
 Caps: at most ``max_per_sample`` pairs per sample and ``max_per_iteration`` in all, preferring the
 largest Q gaps (ground-truth pairs rank by 1 - reward of the deficient answer); exact duplicates (same
 prompt, chosen, rejected and tools) are kept once.
@@ -64,6 +67,7 @@ class PairStats:
     gt_candidates: int = 0
     gt_not_deficient: int = 0  # the policy answer was right (or the ground truth itself)
     gt_call_count: int = 0  # dropped by ground_truth_same_calls: another number of calls than the truth
+    not_value_error: int = 0  # dropped by value_errors_only: the answers differ in calls or argument names
     duplicates: int = 0
     over_sample_cap: int = 0
     over_iteration_cap: int = 0
@@ -210,6 +214,25 @@ def ground_truth_pair(
     )
 
 
+def _shape(text: str, tool_names: list[str]) -> list[tuple[str, tuple[str, ...]]] | None:
+    """(function, sorted argument names) per call, or None when ``text`` is not a call list."""
+    from itool_ray.toolcall import ToolCallParseError, parse
+
+    try:
+        calls = parse(text, tool_names=tool_names)
+    except ToolCallParseError:
+        return None
+    return [(c.name, tuple(sorted(c.arguments))) for c in calls]
+
+
+def differs_in_values_only(pair: dict[str, Any]) -> bool:
+    """Both complete answers (prefix + side) parse to the same functions with the same argument names."""
+    names = [t["name"] for t in pair["tools"]]
+    prefix = pair["meta"]["prefix"]
+    chosen = _shape(prefix + pair["chosen"][0]["content"], names)
+    return chosen is not None and chosen == _shape(prefix + pair["rejected"][0]["content"], names)
+
+
 def _key(pair: dict[str, Any]) -> str:
     parts = [pair["prompt"], pair["chosen"], pair["rejected"], pair["tools"]]
     return json.dumps(parts, sort_keys=True, ensure_ascii=False)
@@ -265,6 +288,9 @@ def build_pairs(
     for s_order, pairs in enumerate(by_sample.values()):
         unique = []
         for p in pairs:
+            if cfg.value_errors_only and not differs_in_values_only(p):
+                stats.not_value_error += 1
+                continue
             k = _key(p)
             if k in seen:
                 stats.duplicates += 1

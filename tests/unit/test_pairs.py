@@ -240,6 +240,24 @@ def test_same_calls_drops_ground_truth_pairs_whose_answer_has_another_number_of_
     assert pairs == [] and stats.gt_call_count == 1
 
 
+def test_value_errors_only_keeps_pairs_that_differ_in_argument_values_alone():
+    s = sample()
+    extra_arg = PREFIX + ' unit="fahrenheit", days=3)]'  # an argument the truth does not have
+    broken = PREFIX + " unit="  # does not parse
+    cfg = PairsConfig(value_errors_only=True)
+    args = dict(iteration=1, score=unit_score)
+    for answer, kept in ((FAHRENHEIT, True), (extra_arg, False), (broken, False)):
+        pairs, stats = build_pairs([], {"w0": s}, cfg, deficient=[(s, answer)], **args)
+        assert (len(pairs), stats.not_value_error) == ((1, 0) if kept else (0, 1)), answer
+    # step pairs too: the fork tree's two answers differ in the unit's value only
+    pairs, stats = build_pairs([fork_tree()], {"w0": s}, cfg, **args)
+    assert len(pairs) == 1 and stats.not_value_error == 0
+    tree = fork_tree(c_step=C_STEP, f_step=' unit="celsius", days=2)]', f_rewards=(0.5,))
+    pairs, stats = build_pairs([tree], {"w0": s}, cfg, **args)
+    assert pairs == [] and stats.not_value_error == 1
+    assert len(build_pairs([tree], {"w0": s}, PairsConfig(), **args)[0]) == 1  # off by default
+
+
 # -- how a trainer renders a pair --------------------------------------------------------------------------
 class ChatMLTokenizer:
     name_or_path = "fake-chatml"

@@ -214,9 +214,9 @@ def deficient_samples(
     answer gets wrong before those only a sample got wrong, the less likely ground truth (higher
     perplexity) first within each, row order breaking ties. ``priority="nearest"`` turns that round: the
     policy's near misses first (greedy right, a sample wrong), the more likely ground truth first within
-    each. ``per_category`` shares the ``limit`` out
-    evenly across the rows' categories (round robin over each category's ranking; a category with fewer
-    deficient rows leaves its share to the others), so one category's failures cannot fill the budget.
+    each. ``per_category`` shares the ``limit`` out evenly across the rows' categories (round robin over
+    each category's ranking; a category with fewer deficient rows leaves its share to the others), so one
+    category's failures cannot fill the budget.
     """
     kept = [(i, r) for i, r in enumerate(rows) if r["deficient"]]
     if limit is not None and len(kept) > limit:

@@ -181,7 +181,6 @@ def ground_truth_pair(
     policy answer is right after all, or (``same_calls``) when it parses to another number of calls than
     the ground truth has (an answer that does not parse is kept: its fault is the syntax)."""
     from itool_ray.prompts import render_answer
-    from itool_ray.toolcall import ToolCallParseError, parse
 
     stats = stats if stats is not None else PairStats()
     score = score or default_score
@@ -192,11 +191,8 @@ def ground_truth_pair(
         stats.gt_not_deficient += 1
         return None
     if same_calls:
-        try:
-            n_calls = len(parse(policy_answer, tool_names=[t["name"] for t in sample.tools]))
-        except ToolCallParseError:
-            n_calls = len(sample.answer)
-        if n_calls != len(sample.answer):
+        shape = _shape(policy_answer, [t["name"] for t in sample.tools])
+        if shape is not None and len(shape) != len(sample.answer):
             stats.gt_call_count += 1
             return None
     return _pair(

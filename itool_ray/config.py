@@ -78,7 +78,9 @@ class EngineConfig(_Section):
     kind: Literal["auto", "vllm", "hf"] = "auto"  # auto: vllm when importable, else hf
     max_model_len: int = Field(1024, ge=64)
     enable_prefix_caching: bool = True
-    kv_cache_memory_bytes: int = Field(512 * 2**20, ge=16 * 2**20)  # CPU only: the default fails at start-up
+    # CPU only (vLLM's default fails at start-up). 1 GiB ≈ 46k tokens of SmolLM2-135M KV: a wave of 192
+    # sequences fits (bench/bench_batching.py: 387 tok/s at 1 GiB, 350 at 512 MiB, 307 at 256 MiB)
+    kv_cache_memory_bytes: int = Field(2**30, ge=16 * 2**20)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     cpu_threads: int = Field(2, ge=1)
     in_process: bool = True  # vLLM on CPU: VLLM_ENABLE_V1_MULTIPROCESSING=0 (faster start, less memory)

@@ -218,6 +218,11 @@ def _fit(job: TrainJob, state: Path) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Ray Train patches print() in its workers to log every call, even one made while a library has swapped
+    # sys.stdout to capture output: dill (datasets' fingerprinting, inside TRL) captures dis.dis() that way,
+    # so hundreds of lines of bytecode and a second copy of each progress line reached the console. Ray
+    # propagates this variable from the driver to the controller and the workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     d = job.dist
     if d.num_workers == 0:
         scaling = ScalingConfig(num_workers=0)

@@ -46,7 +46,9 @@ def main() -> None:
     samples = generate(max(counts), seed=0, split="train", categories=["simple", "parallel", "reasoning"])
     prompts = [render_prompt(tok, s.tools, s.messages) for s in samples]
     lengths = sorted(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    cfg = EngineConfig(kind=args.engine, cpu_threads=args.threads, kv_cache_memory_bytes=args.kv_cache_mb * 2**20)
+    cfg = EngineConfig(
+        kind=args.engine, cpu_threads=args.threads, kv_cache_memory_bytes=args.kv_cache_mb * 2**20
+    )
     engine = make_engine(args.engine, model_dir, cfg, dtype=args.dtype, seed=0)
 
     every = [GenerationRequest(p, n=args.n, max_tokens=args.max_tokens, temperature=1.0) for p in prompts]
@@ -68,7 +70,10 @@ def main() -> None:
         rate = tokens / dt
         base = base or rate
         calls = -(-len(every) // k)
-        print(f"{k:>4} {k * args.n:>9} {calls:>5} {dt:>8.2f} {tokens:>7} {rate:>7.1f} {rate / base:>6.1f}x", flush=True)
+        print(
+            f"{k:>4} {k * args.n:>9} {calls:>5} {dt:>8.2f} {tokens:>7} {rate:>7.1f} {rate / base:>6.1f}x",
+            flush=True,
+        )
     engine.close()
 
 

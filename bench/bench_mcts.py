@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="engine dtype (the quickstart uses bfloat16)")
     ap.add_argument("--kv-cache-mb", type=int, default=1024, help="vLLM on CPU: KV cache size")
     ap.add_argument(
-        "--leaves-per-tree", default="1", help="batched search: leaves per tree per wave (comma list: one run each)"
+        "--leaves-per-tree",
+        default="1",
+        help="batched search: leaves per tree per wave (comma list: one run each)",
     )
     ap.add_argument("--no-prefix-cache", action="store_true", help="vllm: run with prefix caching off")
     ap.add_argument("--no-sequential", action="store_true", help="skip the one-tree-at-a-time run")
@@ -55,7 +57,9 @@ def main() -> None:
     base = MCTSConfig(simulations=args.simulations, max_tokens=64, max_failed_fraction=1.0)
     leaves = [int(x) for x in args.leaves_per_tree.split(",")]
     runs = {
-        f"batched, {k} leaf/tree": base.model_copy(update={"concurrent_trees": args.trees, "leaves_per_tree": k})
+        f"batched, {k} leaf/tree": base.model_copy(
+            update={"concurrent_trees": args.trees, "leaves_per_tree": k}
+        )
         for k in leaves
     }
     if not args.no_sequential:

@@ -206,14 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             return _cmd_model(args, cfg)
         if args.command in ("run", "warmup"):
-            from itool_ray.eval.report import collect_results, results_table
+            from itool_ray.eval.report import collect_results, results_table, stage_rows
             from itool_ray.pipeline import run_pipeline
 
             until = "eval_warmup" if args.command == "warmup" else None
             run = run_pipeline(cfg, restart_from=getattr(args, "restart_from", None), until=until)
             results = collect_results(run, cfg)
-            if any(isinstance(v, dict) for v in results.values()):
+            if stage_rows(results):
                 print("\nHeld-out accuracy (BFCL-exact):\n" + results_table(results))
+            if results.get("bfcl"):
+                print("\nBFCL (its data and AST checker):\n" + results_table(results["bfcl"]))
             print(f"\nrun directory: {run.uri}  (wall time {results['wall_s'] / 60:.1f} min)")
             return 0
         if args.command == "iterate":

@@ -179,7 +179,10 @@ class DistributedConfig(_Section):
 
 
 class EvalConfig(_Section):
-    bfcl_categories: list[str] = Field(default_factory=list)  # e.g. ["simple", "multiple", "parallel"]
+    # BFCL (its own data and checker) next to the held-out set in every evaluation, e.g.
+    # [simple, multiple, parallel, parallel_multiple, irrelevance]; empty = skip. Needs bfcl-eval.
+    bfcl_categories: list[str] = Field(default_factory=list)
+    bfcl_limit: int | None = Field(None, ge=1)  # at most this many BFCL entries per category (None: all)
     max_tokens: int = Field(96, ge=8)
     batch_size: int = Field(32, ge=1)
 

@@ -199,6 +199,7 @@ def _evaluate(ctx: Context, name: str, model_dir: str, out_rel: str) -> None:
                 ctx.tokenizer(),
                 max_tokens=cfg.eval.max_tokens,
                 batch_size=cfg.eval.batch_size,
+                limit=cfg.eval.bfcl_limit,
             )
             out["bfcl"] = bres.to_dict(with_records=True)
             st.summary["bfcl"] = bres.accuracy
@@ -433,13 +434,15 @@ def stage_eval_control(ctx: Context) -> None:
 
 
 def stage_report(ctx: Context) -> None:
-    from itool_ray.eval.report import write_report
+    from itool_ray.eval.report import stage_rows, write_report
 
     ctx.release_pool()
     with ctx.run.stage("report") as st:
         results = write_report(ctx.run, ctx.cfg)
         st.outputs += ["results.json", "report.md"]
-        st.summary["overall"] = {k: v["overall"] for k, v in results.items() if isinstance(v, dict)}
+        st.summary["overall"] = {k: v["overall"] for k, v in stage_rows(results).items()}
+        if results.get("bfcl"):
+            st.summary["bfcl_overall"] = {k: v["overall"] for k, v in results["bfcl"].items()}
 
 
 # ---------------------------------------------------------------------------------------------------------

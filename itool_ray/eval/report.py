@@ -18,19 +18,33 @@ def _eval_files(cfg: Config) -> list[tuple[str, str]]:
 
 
 def collect_results(run: RunDir, cfg: Config) -> dict[str, Any]:
-    """``{stage: {category: accuracy, "overall": accuracy}, "wall_s": seconds}`` from the eval files."""
+    """``{stage: {category: accuracy, "overall": accuracy}, "wall_s": seconds}`` from the eval files.
+
+    With ``eval.bfcl_categories`` the BFCL accuracies are under ``"bfcl"``: ``{stage: {category: ...}}``.
+    """
     results: dict[str, Any] = {}
+    bfcl: dict[str, Any] = {}
     for stage, rel in _eval_files(cfg):
         if run.exists(rel):
-            results[stage] = run.read_json(rel)["heldout"]["accuracy"]
+            data = run.read_json(rel)
+            results[stage] = data["heldout"]["accuracy"]
+            if "bfcl" in data:
+                bfcl[stage] = data["bfcl"]["accuracy"]
+    if bfcl:
+        results["bfcl"] = bfcl
     stages = run.manifest()["stages"]
     results["wall_s"] = round(sum(float(s.get("seconds", 0)) for s in stages.values()), 1)
     return results
 
 
+def stage_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The held-out rows of ``collect_results``' output: stage -> accuracies."""
+    return {k: v for k, v in results.items() if isinstance(v, dict) and k != "bfcl"}
+
+
 def results_table(results: dict[str, Any]) -> str:
     """A markdown table: one row per stage, one column per category (BFCL-exact accuracy)."""
-    rows = {k: v for k, v in results.items() if isinstance(v, dict)}
+    rows = stage_rows(results)
     cats = sorted({c for v in rows.values() for c in v if c != "overall"})
     head = "| stage | overall | " + " | ".join(cats) + " |"
     sep = "|---|---:|" + "---:|" * len(cats)
@@ -75,7 +89,7 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
     results = collect_results(run, cfg)
     run.write_json("results.json", results)
     stages = run.manifest()["stages"]
-    rows = {k: v for k, v in results.items() if isinstance(v, dict)}
+    rows = stage_rows(results)
     plots = []
     if rows:
         cats = sorted({c for v in rows.values() for c in v})
@@ -127,6 +141,11 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         "",
         results_table(results) if rows else "(no evaluations yet)",
         "",
+        *(
+            ["## BFCL (its data, judged by its own AST checker)", "", results_table(results["bfcl"]), ""]
+            if results.get("bfcl")
+            else []
+        ),
         "`control` = the warm-up model trained further with plain SFT on the same samples for as many training "
         "tokens as the preference iterations used.",
         "",

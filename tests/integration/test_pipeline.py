@@ -65,8 +65,18 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):
     cfg = _cfg(tmp_path, data_dir)
     cfg.run.iterations = 0  # data → model → eval → warm-up → eval → control → report
+    cfg.eval.bfcl_categories = ["simple", "irrelevance"]  # BFCL's data and checker, 3 entries each
+    cfg.eval.bfcl_limit = 3
     run = run_pipeline(cfg)
     before = _manifest(Path(run.root))["stages"]
+    bfcl = json.loads((Path(run.root) / "results.json").read_text())["bfcl"]
+    assert set(bfcl) == {"base", "warmup", "control"}
+    for acc in bfcl.values():
+        assert set(acc) == {"simple", "irrelevance", "overall"}
+    evaluated = json.loads((Path(run.root) / "warmup" / "eval.json").read_text())["bfcl"]
+    assert len(evaluated["records"]) == 6
+    assert "## BFCL" in (Path(run.root) / "report.md").read_text()
+    assert before["report"]["summary"]["bfcl_overall"] == {k: v["overall"] for k, v in bfcl.items()}
     run_pipeline(cfg, restart_from="eval_warmup")
     after = _manifest(Path(run.root))["stages"]
     for name in ("data", "model", "eval_base", "warmup"):

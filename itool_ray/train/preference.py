@@ -50,9 +50,10 @@ def pair_rows(
     """(rows of prompt_ids / chosen_ids / rejected_ids, skipped sample ids by reason).
 
     Tokens: see ``_split_tokens``. Limits: the prompt (conversation + shared prefix) may use
-    ``max_prompt_tokens + max_answer_tokens``; a longer one is skipped. A continuation longer than ``max_answer_tokens`` is cut there (a rejected answer
-    that ran to the generation limit is still a useful negative; TRL truncates the same way). Pairs whose
-    two continuations are the same after that are skipped.
+    ``max_prompt_tokens + max_answer_tokens``; a longer one is skipped. A continuation longer than
+    ``max_answer_tokens`` is cut there (a rejected answer that ran to the generation limit is still a
+    useful negative; TRL truncates the same way). Pairs whose two continuations are the same after that
+    are skipped.
     """
     from itool_ray.mcts.pairs import pair_texts
 

@@ -18,6 +18,7 @@ from itool_ray.config import Config
 from itool_ray.data.schema import Sample
 from itool_ray.engines.base import EngineError, GenerationRequest
 from itool_ray.mining import arrow_schema, mine_record
+from itool_ray.storage import local_copy
 
 
 def sample_seed(run_seed: int, sample_id: str) -> int:
@@ -40,7 +41,7 @@ class MiningScorer:
         self.engine = make_engine(
             engine_cfg.kind, model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(local_copy(model_dir))
         self.stop = end_of_turn(self.tokenizer)
         self.schema = arrow_schema()
 

@@ -21,6 +21,7 @@ import ray
 from itool_ray.config import EngineConfig, ReplicaConfig
 from itool_ray.engines import resolve_kind
 from itool_ray.engines.base import EngineError, GenerationRequest, GenerationResult
+from itool_ray.storage import local_copy
 
 BASE_VERSION = "base"
 
@@ -133,7 +134,7 @@ class PolicyReplica:
         if generation is not None and generation <= self.generation:
             return self.version
         try:
-            self.engine.load_weights(checkpoint_dir)
+            self.engine.load_weights(local_copy(checkpoint_dir))
         except Exception as e:
             self.errors += 1
             self.version = f"broken:{version}"  # a reload that failed part-way leaves the engine unusable

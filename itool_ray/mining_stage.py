@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+from itool_ray import storage
 from itool_ray.config import Config
-from itool_ray.data.io import JSON_FIELDS, is_local, prune_nulls, suffix
+from itool_ray.data.io import JSON_FIELDS, prune_nulls, suffix
 from itool_ray.data.schema import Sample, SampleError
 from itool_ray.mining import apply_rule, arrow_schema, summarize
 
@@ -31,19 +31,6 @@ log = logging.getLogger(__name__)
 
 class MiningError(RuntimeError):
     """The mining stage could not account for every sample, or its input is unusable."""
-
-
-def _filesystem(path: str) -> tuple[str, Any]:
-    """(path, pyarrow filesystem or None) for Ray Data readers; fsspec URIs go through FSSpecHandler."""
-    if path.startswith("file://"):
-        return path[len("file://") :], None
-    if "://" not in path:
-        return os.path.expanduser(path), None
-    import fsspec
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, inner = fsspec.core.url_to_fs(path)
-    return inner, PyFileSystem(FSSpecHandler(fs))
 
 
 def _sample(record: dict[str, Any]) -> Sample:
@@ -77,7 +64,7 @@ def read_samples(samples_path: str) -> Any:  # -> ray.data.Dataset of {"id", "sa
     import ray
 
     ext = suffix(samples_path)
-    path, filesystem = _filesystem(samples_path)
+    filesystem, path = storage.pyarrow_filesystem(samples_path)
     if ext == ".parquet":
         ds = ray.data.read_parquet(path, filesystem=filesystem)
     elif ext in (".jsonl", ".json"):
@@ -187,34 +174,18 @@ def run_mining(
 
 
 def _write_parquet(rows: list[dict[str, Any]], out_path: str) -> None:
-    """One Parquet file, atomically: a temporary name then a rename (local), one put (object stores)."""
+    """One Parquet file, written atomically (a reader never sees a partial file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), sink)
-    data = sink.getvalue().to_pybytes()
-    if not is_local(out_path):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(out_path)
-        fs.pipe_file(path, data)
-        return
-    target = os.path.expanduser(out_path[len("file://") :] if out_path.startswith("file://") else out_path)
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    table = pa.Table.from_pylist(rows, schema=arrow_schema())
+    storage.write_atomic(out_path, lambda f: pq.write_table(table, f))
 
 
 def read_mined(path: str) -> list[dict[str, Any]]:
     """The rows of a mining output file (every sample, with its scores and ``deficient`` flag)."""
+    import io
+
     import pyarrow.parquet as pq
 
-    if is_local(path):
-        return pq.read_table(path[len("file://") :] if path.startswith("file://") else path).to_pylist()
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        return pq.read_table(f).to_pylist()
+    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()

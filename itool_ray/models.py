@@ -84,6 +84,8 @@ def resolve_model(
                 + ")"
             )
         return import_embedded(data_dir, which)
+    if "://" in name_or_path and not name_or_path.startswith("file://"):
+        return name_or_path  # a run directory's checkpoint on an object store: fetched where it is loaded
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -406,7 +408,9 @@ def load_tokenizer(name_or_path: str, *, data_dir: str, **tiny: int):
     """The tokenizer of a model name or directory, with a pad token set (eos when it has none)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path, data_dir=data_dir, **tiny)
+    from itool_ray.storage import local_copy
+
+    path = local_copy(resolve_model(name_or_path, data_dir=data_dir, **tiny))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
@@ -423,7 +427,9 @@ def load_model(name_or_path: str, *, data_dir: str, dtype: str = "float32", **ti
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ModelError(f"dtype {dtype!r}: use float32, bfloat16 or float16")
-    path = resolve_model(name_or_path, data_dir=data_dir, **tiny)
+    from itool_ray.storage import local_copy
+
+    path = local_copy(resolve_model(name_or_path, data_dir=data_dir, **tiny))
     tokenizer = load_tokenizer(path, data_dir=data_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -152,7 +152,12 @@ def stage_data(ctx: Context) -> None:
 
 
 def stage_model(ctx: Context) -> None:
-    """Resolve the base model into a local Hugging Face directory (imports the embedded GGUF once)."""
+    """Resolve the base model into a Hugging Face directory (imports the embedded GGUF once).
+
+    With a remote run root the directory is uploaded into ``model/base/``: nodes that share no disk with
+    the driver fetch it from there (a hub id stays a hub id: each node resolves it, with its own token).
+    """
+    from itool_ray import storage
     from itool_ray.models import resolve_model
 
     cfg = ctx.cfg
@@ -164,6 +169,10 @@ def stage_model(ctx: Context) -> None:
             tiny_layers=cfg.model.tiny_layers,
             tiny_vocab_size=cfg.model.tiny_vocab_size,
         )
+        if not ctx.run.local and storage.is_local(path) and os.path.isdir(path):
+            storage.upload_dir(path, ctx.run.url("model", "base"))
+            path = ctx.run.url("model", "base")
+            st.outputs.append("model/base")
         ctx.run.write_text("model/base_path.txt", path + "\n")
         st.outputs.append("model/base_path.txt")
         st.summary["base_model"] = path
@@ -217,18 +226,6 @@ def stage_eval_base(ctx: Context) -> None:
     _evaluate(ctx, "eval_base", ctx.base_model(), "evals/base.json")
 
 
-def _local_dir(ctx: Context, rel: str) -> str:
-    from itool_ray.rundir import local_path
-
-    p = local_path(ctx.run.url(rel))
-    if p is None:
-        raise StageUnavailable(
-            f"training writes checkpoints to a local or shared filesystem; run.root={ctx.cfg.run.root!r} is "
-            "remote. Use a shared filesystem path (e.g. /mnt/shared/runs) for run.root"
-        )
-    return str(p)
-
-
 def stage_warmup(ctx: Context) -> None:
     from itool_ray.train.sft import run_warmup
 
@@ -237,7 +234,7 @@ def stage_warmup(ctx: Context) -> None:
         res = run_warmup(
             ctx.samples("train"),
             model_dir=ctx.base_model(),
-            out_dir=_local_dir(ctx, "warmup/ckpt"),
+            out_dir=ctx.run.url("warmup", "ckpt"),
             cfg=ctx.cfg,
         )
         ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
@@ -385,7 +382,7 @@ def stage_train(ctx: Context, k: int) -> None:
             log.warning("%s: no pairs, the policy carries over", name)
             return
         res = run_preference(
-            pairs, model_dir=_prev_policy(ctx, k), out_dir=_local_dir(ctx, f"iter_{k}/ckpt"), cfg=ctx.cfg
+            pairs, model_dir=_prev_policy(ctx, k), out_dir=ctx.run.url(f"iter_{k}", "ckpt"), cfg=ctx.cfg
         )
         ctx.run.write_text(f"iter_{k}/policy.txt", res.model_dir + "\n")
         st.outputs += [f"iter_{k}/policy.txt", f"iter_{k}/ckpt"]
@@ -420,7 +417,7 @@ def stage_control(ctx: Context) -> None:
         res = run_sft(
             ctx.samples("train"),
             model_dir=ctx.policy_dir("warmup"),
-            out_dir=_local_dir(ctx, "control/ckpt"),
+            out_dir=ctx.run.url("control", "ckpt"),
             cfg=ctx.cfg,
             token_budget=budget,
         )

@@ -8,37 +8,17 @@ never leaves a partial file that looks complete.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import fsspec
+from itool_ray import storage
 
 log = logging.getLogger(__name__)
-
-
-def write_local_atomic(target: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """``write(f)`` into ``<target>.tmp-<pid>``, fsync, rename over ``target``: a reader never sees a partial
-    file, and a failure (a full disk, an interrupt) leaves no temporary file behind. OSErrors propagate."""
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class RunDirError(RuntimeError):
@@ -48,8 +28,11 @@ class RunDirError(RuntimeError):
 class RunDir:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
-        self.local = _is_local(self.fs)
+        try:
+            self.fs, self.root = storage.filesystem(self.uri)
+        except storage.StorageError as e:
+            raise RunDirError(f"run.root: {e}") from None
+        self.local = storage.is_local(self.uri)
         try:
             self.fs.makedirs(self.root, exist_ok=True)
         except OSError as e:
@@ -71,10 +54,7 @@ class RunDir:
         target = self.path(rel)
         try:
             self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-            if self.local:
-                write_local_atomic(target, lambda f: f.write(data))
-            else:
-                self.fs.pipe_file(target, data)
+            storage.write_atomic(target if self.local else self.url(rel), data)
         except OSError as e:
             raise RunDirError(f"cannot write {self.url(rel)}: {e.strerror or e}") from None
         return target
@@ -169,14 +149,3 @@ class _StageRecord:
     def __init__(self) -> None:
         self.outputs: list[str] = []
         self.summary: dict[str, Any] = {}
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols
-
-
-def local_path(uri: str) -> Path | None:
-    """The local filesystem path of a URI, or None when it is remote."""
-    fs, root = fsspec.core.url_to_fs(uri)
-    return Path(root) if _is_local(fs) else None

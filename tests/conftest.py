@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +19,27 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-compatible server of the object-store tests (moto, on 127.0.0.1). Its address and fake credentials
+# are in the environment before any Ray process starts, so every node and worker reaches it the way a cloud
+# node reaches S3: through the standard AWS variables, never through an argument of ours.
+S3_PORT = free_port()
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "itool-test",
+    "AWS_SECRET_ACCESS_KEY": "itool-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+}
+for _k, _v in S3_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 
 def _has_cuda() -> bool:
@@ -56,3 +83,44 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 for the session; yields a function that makes a fresh bucket URI."""
+    import fsspec
+
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{S3_PORT}/", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, "moto_server exited"
+            assert time.time() < deadline, "moto_server did not come up in 60 s"
+            time.sleep(0.3)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    count = 0
+
+    def bucket() -> str:
+        nonlocal count
+        count += 1
+        name = f"itool-test-{count}"
+        fs.mkdir(name)
+        return f"s3://{name}"
+
+    try:
+        yield bucket
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

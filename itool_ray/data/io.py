@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from itool_ray.data.schema import Sample
+from itool_ray.storage import is_local
+from itool_ray.storage import local_path as _local
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +101,6 @@ class LoadReport:
 
 
 # -- files ----------------------------------------------------------------------------------------
-def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
 
 
 @contextmanager
@@ -114,9 +110,10 @@ def open_binary(path: str) -> Iterator[IO[bytes]]:
         if is_local(path):
             f: IO[bytes] = open(_local(path), "rb")
         else:
-            import fsspec
+            from itool_ray.storage import filesystem
 
-            f = fsspec.open(path, "rb").open()
+            fs, inner = filesystem(path)
+            f = fs.open(inner, "rb")
     except (OSError, ValueError, ImportError) as e:
         raise DatasetError(f"cannot open {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
@@ -339,15 +336,9 @@ def samples_to_table(samples: Iterable[Sample]):  # -> pyarrow.Table (pyarrow im
 
 
 def _write_atomic(path: str, write) -> None:
-    if not is_local(path):
-        import fsspec
-
-        with fsspec.open(path, "wb") as f:
-            write(f)
-        return
-    from itool_ray.rundir import write_local_atomic
+    from itool_ray import storage
 
     try:
-        write_local_atomic(_local(path), write)
+        storage.write_atomic(path, write)
     except OSError as e:  # disk full, unwritable directory, a file where a directory should be
         raise DatasetError(f"cannot write {path}: {e.strerror or e}") from None

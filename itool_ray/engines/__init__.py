@@ -42,8 +42,14 @@ def resolve_kind(kind: str) -> str:
 
 
 def make_engine(kind: str, model_dir: str, engine_cfg: EngineConfig, **kwargs: Any) -> Engine:
-    """Build an engine; ``kwargs`` go to the engine class (``dtype``, ``seed``, and engine-specific ones)."""
+    """Build an engine; ``kwargs`` go to the engine class (``dtype``, ``seed``, and engine-specific ones).
+
+    ``model_dir`` may be a remote URI (an object-store run directory): it is fetched into this node's cache.
+    """
+    from itool_ray.storage import local_copy
+
     kind = resolve_kind(kind)
+    model_dir = local_copy(model_dir)
     if kind == "vllm":
         from itool_ray.engines.vllm import VLLMEngine
 

@@ -6,6 +6,7 @@ import io
 import json
 from typing import Any
 
+from itool_ray import storage
 from itool_ray.config import Config
 from itool_ray.rundir import RunDir
 
@@ -79,8 +80,7 @@ def _train_steps(run: RunDir, stage_dir: str) -> list[dict[str, Any]]:
     if not policy:
         return []
     try:
-        with open(f"{policy}/metrics.json") as f:
-            return json.load(f).get("steps", [])
+        return json.loads(storage.read_bytes(storage.join(policy, "metrics.json"))).get("steps", [])
     except OSError:
         return []
 

@@ -2,19 +2,20 @@
 
     result = run_job(job, rows, summary=counts)   # sft.py and preference.py build the job and rows
 
-Layout of ``out_dir`` while training, and after::
+``out_dir`` is a local path, a shared filesystem path, or an object-store URI (``s3://…``): the run
+directory's. Layout while training, and after::
 
     out_dir/train_state/            while training (removed on success)
         job.json                    fingerprint of the job; a different job wipes the folder, the same job
                                     resumes from its last checkpoint (Ray Train V2 restores the run snapshot)
-        dataset/                    the tokenized rows (Arrow), read by every worker; TRL's precomputed
-                                    reference log-probs are cached next to them
-        train/                      Ray Train run: checkpoint_000002/ … (HF Trainer checkpoints, all ranks merged)
-        export/                     rank 0's final save_model()
+        dataset/                    the tokenized rows (Arrow); each worker reads a node-local copy
+        train/                      Ray Train run (its own storage handling, any fsspec location):
+                                    checkpoint_000002/ … (HF Trainer checkpoints, all ranks merged)
     out_dir/                        after: config.json, model.safetensors, tokenizer files, metrics.json
 
-``out_dir`` must be a path every training worker can write (one node, or a shared filesystem): the
-dataset, TRL's reference-log-prob cache and the export live there.
+No worker reads the driver's disk: the starting weights and the dataset are fetched into each node's cache
+(``itool_ray.storage.local_copy``); rank 0 finishes the export (LoRA merged there, on the worker's device)
+and publishes it into ``out_dir``.
 
 In each worker (``_train_loop``): ``deepspeed.init_distributed`` first when DeepSpeed is on (the ZeRO-3
 fix, see deepspeed.py), restore the latest Ray checkpoint if this is a restart, build the trainer, train,
@@ -35,10 +36,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from itool_ray import storage
 from itool_ray.config import DistributedConfig, LoraConfig
 from itool_ray.train.common import METRICS_FILE, TrainError, TrainResult
 from itool_ray.train.deepspeed import GRADIENT_CLIPPING, build_deepspeed_config, init_deepspeed_comm
@@ -72,7 +74,6 @@ class TrainJob:
     checkpoint_steps: list[int] = field(default_factory=list)  # save a checkpoint after these steps
     crash_after_step: int | None = None  # fault injection (tests); see CRASH_AFTER_STEP_ENV
     dataset_dir: str = ""  # set by run_job
-    export_dir: str = ""  # set by run_job
 
     @property
     def world_size(self) -> int:
@@ -88,16 +89,17 @@ class TrainJob:
         )
 
     def fingerprint(self, rows_digest: str) -> str:
-        skip = ("build", "dist", "lora", "crash_after_step", "dataset_dir", "export_dir")
+        skip = ("build", "dist", "lora", "crash_after_step", "dataset_dir")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         data["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
         data["dist"] = self.dist.model_dump()
         data["lora"] = self.lora.model_dump() if self.lora else None
         data["rows"] = rows_digest
         # The starting weights too: a stage rerun may rewrite the same model_dir with new weights.
-        data["weights"] = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
-            for p in Path(self.model_dir).glob("*.safetensors")
+        data["weights"] = (
+            [f for f in storage.listing(self.model_dir) if f[0].endswith(".safetensors")]
+            if storage.exists(self.model_dir)
+            else []  # a hub id
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -139,11 +141,6 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
 
     ``summary`` holds the caller's counts (trained_tokens, skipped …); the run's figures are added.
     """
-    if "://" in job.out_dir:
-        raise TrainError(
-            f"training out_dir {job.out_dir!r}: training writes to a filesystem path every worker can reach "
-            "(one node or a shared filesystem); train to a local directory and upload it afterwards"
-        )
     if not rows:
         raise TrainError(f"{job.kind}: no training rows (every example was skipped or the input was empty)")
     if job.dist.num_workers == 0 and job.dist.zero_stage > 0:
@@ -154,26 +151,28 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     build_deepspeed_config(  # raises DeepSpeedConfigError here, in the driver, before any worker starts
         job.dist, micro_batch_size=job.micro_batch_size, grad_accum=job.grad_accum, world_size=job.world_size
     )
-    from datasets import Dataset
-
-    out = Path(job.out_dir).expanduser().resolve()
-    state = out / STATE_DIR
+    out = (
+        job.out_dir
+        if not storage.is_local(job.out_dir)
+        else str(Path(storage.local_path(job.out_dir)).resolve())
+    )
+    state = storage.join(out, STATE_DIR)
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     fingerprint = job.fingerprint(digest)
-    marker = state / "job.json"
-    if state.exists() and (
-        not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint
+    marker = storage.join(state, "job.json")
+    if storage.exists(state) and (
+        not storage.exists(marker) or json.loads(storage.read_bytes(marker)).get("fingerprint") != fingerprint
     ):
         log.info("%s: %s holds another job's state; starting afresh", job.kind, state)
-        shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        marker.write_text(json.dumps({"fingerprint": fingerprint, "kind": job.kind}) + "\n")
-    job.out_dir = str(out)
-    job.dataset_dir = str(state / "dataset")
-    job.export_dir = str(state / "export")
-    if not (state / "dataset" / "state.json").is_file():
-        Dataset.from_list(rows).save_to_disk(job.dataset_dir)
+        storage.remove(state)
+    if not storage.exists(marker):
+        storage.write_atomic(
+            marker, (json.dumps({"fingerprint": fingerprint, "kind": job.kind}) + "\n").encode()
+        )
+    job.out_dir = out
+    job.dataset_dir = storage.join(state, "dataset")
+    if not storage.exists(storage.join(job.dataset_dir, "state.json")):
+        _save_dataset(rows, job.dataset_dir)
     crash = os.environ.get(CRASH_AFTER_STEP_ENV)
     if crash:
         job.crash_after_step = int(crash)
@@ -186,7 +185,8 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
             f"{job.kind}: the training function returned no log history (got {type(value).__name__})"
         )
 
-    _finish_export(job, out)
+    if not storage.exists(storage.join(out, "config.json")):
+        raise TrainError(f"{job.kind}: the training workers published no model to {out}")
     steps, final = _split_log(value["log_history"])
     phases = summary.get("phases")
     if phases:
@@ -208,13 +208,26 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
     )
     if summary.get("trained_tokens") and step_seconds > 0:
         summary["tokens_per_s"] = round(summary["trained_tokens"] / step_seconds, 2)
-    result = TrainResult(model_dir=str(out), steps=steps, summary=summary)
-    (out / METRICS_FILE).write_text(json.dumps({"steps": steps, "summary": summary}, indent=1) + "\n")
-    shutil.rmtree(state, ignore_errors=True)
+    result = TrainResult(model_dir=out, steps=steps, summary=summary)
+    metrics = json.dumps({"steps": steps, "summary": summary}, indent=1) + "\n"
+    storage.write_atomic(storage.join(out, METRICS_FILE), metrics.encode())
+    storage.remove(state)
     return result
 
 
-def _fit(job: TrainJob, state: Path) -> Any:
+def _save_dataset(rows: list[dict[str, Any]], uri: str) -> None:
+    """The tokenized rows as an Arrow dataset directory at ``uri`` (written locally, then published)."""
+    from datasets import Dataset
+
+    if storage.is_local(uri):
+        Dataset.from_list(rows).save_to_disk(storage.local_path(uri))
+        return
+    with tempfile.TemporaryDirectory(prefix="itool-dataset-") as tmp:
+        Dataset.from_list(rows).save_to_disk(tmp)
+        storage.upload_dir(tmp, uri)
+
+
+def _fit(job: TrainJob, state: str) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -229,6 +242,7 @@ def _fit(job: TrainJob, state: Path) -> Any:
     else:
         resources = {"CPU": d.cpus_per_worker} | ({"GPU": d.gpus_per_worker} if d.use_gpu else {})
         scaling = ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources)
+    storage_fs, storage_path = storage.pyarrow_filesystem(state)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"job": job},
@@ -236,7 +250,8 @@ def _fit(job: TrainJob, state: Path) -> Any:
         scaling_config=scaling,
         run_config=RunConfig(
             name="train",
-            storage_path=str(state),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -268,6 +283,11 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         init_deepspeed_comm(use_gpu=job.dist.use_gpu)
     rank = ray.train.get_context().get_world_rank()
     scratch = tempfile.mkdtemp(prefix=f"itool-{job.kind}-rank{rank}-")
+    # This node's copies of the starting weights and the dataset (the paths themselves when local).
+    job = replace(
+        job, model_dir=storage.local_copy(job.model_dir), dataset_dir=storage.local_copy(job.dataset_dir)
+    )
+    export_dir = os.path.join(scratch, "export")
     try:
         resume_dir = None
         checkpoint = ray.train.get_checkpoint()
@@ -280,7 +300,10 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         )
         trainer.remove_callback(PrinterCallback)  # prints every log dict; metrics.json has them all
         trainer.train(resume_from_checkpoint=resume_dir)
-        trainer.save_model(job.export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
+        trainer.save_model(export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
+        if rank == 0:
+            _finish_export(job, Path(export_dir))
+            storage.publish_dir(export_dir, job.out_dir)
         last = _numeric(next((e for e in reversed(trainer.state.log_history) if "loss" in e), {}))
         ray.train.report({**last, "step": trainer.state.global_step, "done": 1})
         if rank != 0:
@@ -368,13 +391,12 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _finish_export(job: TrainJob, out: Path) -> None:
-    """Move rank 0's export into ``out`` as a plain HF directory: LoRA merged, no trainer files."""
+def _finish_export(job: TrainJob, export: Path) -> None:
+    """Make rank 0's export a plain HF directory in place: LoRA merged, no trainer files, inference config."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    export = Path(job.export_dir)
     if not (export / "config.json").is_file() and not (export / "adapter_config.json").is_file():
-        raise TrainError(f"{job.kind}: the training workers wrote no model to {export}")
+        raise TrainError(f"{job.kind}: the trainer wrote no model to {export}")
     for name in NOT_EXPORTED:
         (export / name).unlink(missing_ok=True)
     base_config = AutoConfig.from_pretrained(job.model_dir)
@@ -382,20 +404,19 @@ def _finish_export(job: TrainJob, out: Path) -> None:
         import torch
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32)
+        device = "cuda" if job.dist.use_gpu and torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if job.dist.precision == "bf16" else torch.float32
+        base = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=dtype).to(device)
         merged = PeftModel.from_pretrained(base, str(export)).merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
-        AutoTokenizer.from_pretrained(job.model_dir).save_pretrained(out)
-    else:
-        for item in export.iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
+        adapter = [p for p in export.iterdir() if p.name.startswith("adapter_")]
+        merged.save_pretrained(export, safe_serialization=True)
+        AutoTokenizer.from_pretrained(job.model_dir).save_pretrained(export)
+        for p in adapter:
+            p.unlink()
     # The Trainer sets use_cache=False for training; inference wants the base model's setting back.
-    config = AutoConfig.from_pretrained(out)
+    config = AutoConfig.from_pretrained(export)
     config.use_cache = getattr(base_config, "use_cache", True)
-    config.save_pretrained(out)
+    config.save_pretrained(export)
 
 
 def _tag_phases(steps: list[dict[str, Any]], phases: list[dict[str, Any]]) -> None:

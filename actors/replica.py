@@ -40,6 +40,8 @@ def replica_options(rcfg: ReplicaConfig, engine_cfg: EngineConfig) -> dict[str, 
         "max_restarts": rcfg.max_restarts,
         "max_task_retries": 0,
     }
+    if rcfg.resources:
+        options["resources"] = dict(rcfg.resources)
     if rcfg.num_gpus == 0:
         env = {"OMP_NUM_THREADS": str(engine_cfg.cpu_threads)}
         if resolve_kind(engine_cfg.kind) == "vllm":

@@ -94,6 +94,9 @@ class ReplicaConfig(_Section):
     num_gpus: float = Field(0, ge=0)  # per replica; 0 = CPU engine
     num_cpus: float = Field(1, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
+    # Custom Ray resources per replica (and per mining actor): pins engines to a node type, e.g. {h100: 1}
+    # with `resources: {h100: 8}` on that type in cluster.yaml, so a restart never lands on a smaller GPU.
+    resources: dict[str, float] = Field(default_factory=dict)
     max_restarts: int = Field(3, ge=0)
     max_request_retries: int = Field(2, ge=0)
 
@@ -171,6 +174,7 @@ class DistributedConfig(_Section):
     use_gpu: bool = False
     gpus_per_worker: float = Field(1, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # custom Ray resources (node type)
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False

@@ -129,7 +129,7 @@ def run_mining(
             num_cpus=options.pop("num_cpus"),
             num_gpus=options.pop("num_gpus"),
             runtime_env=options.pop("runtime_env", None),
-            **options,  # max_restarts, max_task_retries
+            **options,  # max_restarts, max_task_retries, custom resources
         )
     rows: list[dict[str, Any]] = []
     for batch in mined.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -240,7 +240,11 @@ def _fit(job: TrainJob, state: str) -> Any:
     if d.num_workers == 0:
         scaling = ScalingConfig(num_workers=0)
     else:
-        resources = {"CPU": d.cpus_per_worker} | ({"GPU": d.gpus_per_worker} if d.use_gpu else {})
+        resources = (
+            {"CPU": d.cpus_per_worker}
+            | ({"GPU": d.gpus_per_worker} if d.use_gpu else {})
+            | dict(d.resources_per_worker)
+        )
         scaling = ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources)
     storage_fs, storage_path = storage.pyarrow_filesystem(state)
     trainer = TorchTrainer(

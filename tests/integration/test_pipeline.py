@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from raycluster import start_head
 
 from itool_ray.config import load_config
 from itool_ray.pipeline import KILL_AFTER_STAGE_ENV, run_pipeline, stages
@@ -85,85 +80,19 @@ def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, 
         assert after[name]["ended"] > before[name]["ended"]
 
 
-# -- a real Ray head started with `ray start`, used by a driver subprocess ------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    """A head started by `ray start --block` in its own process group, stopped by signalling that group
-    only (`ray stop` would also stop every other Ray instance on the machine, the test session's included)."""
-    port, dashboard = _free_port(), _free_port()
-    # A short temp dir: Ray's unix socket paths under it must stay within 107 bytes.
-    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
-    token = secrets.token_hex(32)
-    # The job's `python` must be this environment's interpreter: put it first on the head's PATH.
-    # Token auth on, with a token of the test's own that the head, the drivers and `ray job submit` share.
-    env = {
-        **os.environ,
-        "RAY_TMPDIR": temp,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-    }
-    head = subprocess.Popen(
-        [
-            str(VENV_BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard),
-            "--num-cpus",
-            "2",
-            "--disable-usage-stats",
-            # Ports of their own: the session's ray.init() cluster already holds the defaults (an agent that
-            # cannot bind 52365 leaves the head answering "No available agent to submit job").
-            "--dashboard-agent-listen-port",
-            str(_free_port()),
-            "--dashboard-agent-grpc-port",
-            str(_free_port()),
-            "--runtime-env-agent-port",
-            str(_free_port()),
-            "--metrics-export-port",
-            str(_free_port()),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{dashboard}"
+    """A `ray start --head` node (token auth, its own ports and temp dir), as `ray job submit` users run it."""
+    cluster = start_head(num_cpus=2)
     try:
-        deadline = time.time() + 180
-        while True:  # the dashboard (job API) comes up after `ray start` has returned
-            try:
-                req = urllib.request.Request(
-                    f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}
-                )
-                urllib.request.urlopen(req, timeout=5)
-                break
-            except OSError:
-                assert head.poll() is None, "ray start --head exited"
-                assert time.time() < deadline, "the Ray dashboard did not come up within 180 s"
-                time.sleep(1)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": url, "env": env, "token": token}
+        yield {
+            "address": cluster.address,
+            "dashboard": cluster.dashboard,
+            "env": cluster.env,
+            "token": cluster.token,
+        }
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        cluster.stop()
 
 
 def _driver_args(tmp_path: Path, data_dir: str, name: str) -> list[str]:
@@ -284,3 +213,43 @@ def test_ray_job_submit_runs_the_tiny_pipeline(tmp_path, data_dir, ray_head):
     assert "succeeded" in (out.stdout + out.stderr).lower()
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert {"base", "warmup", "iter_1", "control"} <= set(results)
+
+
+@pytest.mark.slow
+def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_head, s3_server):
+    """run.root on a real S3 server: the driver is killed mid-run, the re-run finishes with no stage redone,
+    and nothing of the run is written to the local disk."""
+    import fsspec
+
+    root = s3_server() + "/runs"
+    args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny"]
+    args += ["--run.root", root, "--run.data_dir", data_dir, "--run.name", "s3"]
+    env = {**_driver_env(ray_head), "ITOOL_CACHE_DIR": str(tmp_path / "cache")}
+    killed = subprocess.run(
+        args,
+        env={**env, KILL_AFTER_STAGE_ENV: "iter_1/search"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    run = root[len("s3://") :] + "/s3"
+    before = json.loads(fs.cat_file(f"{run}/manifest.json"))["stages"]
+    assert before["iter_1/search"]["status"] == "done" and "iter_1/pairs" not in before
+    assert fs.exists(f"{run}/warmup/ckpt/model.safetensors")
+    assert not fs.exists(f"{run}/warmup/ckpt/train_state"), "training state left after the stage"
+    assert fs.cat_file(f"{run}/model/base_path.txt").decode().strip() == f"{root}/s3/model/base"
+
+    final = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    after = json.loads(fs.cat_file(f"{run}/manifest.json"))["stages"]
+    assert all(s["status"] == "done" for s in after.values())
+    assert {n: after[n]["ended"] for n in before} == {n: s["ended"] for n, s in before.items()}
+    assert {"base", "warmup", "iter_1", "control"} <= set(json.loads(fs.cat_file(f"{run}/results.json")))
+    assert fs.exists(f"{run}/plots/accuracy.png")
+    assert not list(tmp_path.rglob("manifest.json")), "the run wrote a manifest to the local disk"
+    # What the stages loaded came from the bucket into the node cache, not from the driver's model build.
+    cached = {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir()}
+    assert {"base", "ckpt"} <= cached

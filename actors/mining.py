@@ -1,8 +1,10 @@
-"""The deficiency-mining UDF: a Ray Data callable class hosting one engine (DESIGN §4, mining).
+"""The deficiency-mining UDF: a Ray Data callable class that scores through the policy fleet (DESIGN §4).
 
-    ds.map_batches(MiningScorer, fn_constructor_args=(model_dir, cfg), batch_format="pyarrow",
-                   compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency), ...)
+    ds.map_batches(MiningScorer, fn_constructor_args=(pool.handle(), model_dir, cfg), batch_format="pyarrow",
+                   compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency), num_cpus=0, ...)
 
+The UDF hosts no engine: it routes each batch over the fleet's replicas (``ReplicaPool.attach``: least
+load, retry on a replica that died), so mining, search and evaluation of one policy share one fleet.
 Each batch holds ``{"id", "sample"}`` rows (the Sample as JSON text). For every sample the policy
 answers once greedily and ``samples_per_prompt`` times at the mining temperature, all in one engine
 call; the ground-truth answer (+ end of turn) is scored in one more. ``itool_ray.mining.mine_record``
@@ -14,6 +16,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from actors.pool import FleetHandle, ReplicaPool
 from itool_ray.config import Config
 from itool_ray.data.schema import Sample
 from itool_ray.engines.base import EngineError, GenerationRequest
@@ -29,18 +32,13 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
 class MiningScorer:
     """Ray Data UDF: Sample rows in, mined rows (answers, rewards, ground-truth perplexity) out."""
 
-    def __init__(self, model_dir: str, cfg: Config):
+    def __init__(self, fleet: FleetHandle, model_dir: str, cfg: Config):
         from transformers import AutoTokenizer
 
-        from actors.replica import cpu_engine_config
-        from itool_ray.engines import make_engine
         from itool_ray.prompts import end_of_turn
 
-        engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
         self.cfg = cfg
-        self.engine = make_engine(
-            engine_cfg.kind, model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed
-        )
+        self.fleet = ReplicaPool.attach(fleet)
         self.tokenizer = AutoTokenizer.from_pretrained(local_copy(model_dir))
         self.stop = end_of_turn(self.tokenizer)
         self.schema = arrow_schema()
@@ -69,9 +67,8 @@ class MiningScorer:
             ]
         pairs = [(p, render_answer(s.answer) + self.stop) for p, s in zip(prompts, samples, strict=True)]
         try:
-            results = self.engine.generate(requests)
-            score_batch = getattr(self.engine, "score_batch", None)
-            gt = score_batch(pairs) if score_batch else [self.engine.score(p, c) for p, c in pairs]
+            results = self.fleet.generate(requests)
+            gt = self.fleet.score_many(pairs)
         except EngineError as e:
             raise EngineError(f"mining samples {samples[0].id} … {samples[-1].id}: {e}") from e
         n = len(samples)

@@ -52,6 +52,19 @@ class _Replica:
     served: int = 0  # requests answered, this driver's view
 
 
+@dataclass(frozen=True)
+class FleetHandle:
+    """What another process needs to route requests over a running fleet (picklable): the replica actors
+    and the weights version they serve. ``ReplicaPool.attach(handle)`` builds a router over them."""
+
+    actors: tuple[Any, ...]
+    version: str
+    weights_dir: str | None
+    generation: int
+    max_request_retries: int
+    recovery_timeout_s: float
+
+
 @dataclass
 class _Call:
     replica: _Replica
@@ -77,6 +90,7 @@ class ReplicaPool:
         recovery_timeout_s: float = 600.0,
     ):
         self.model_dir = model_dir
+        self.owner = True  # close() stops the actors (an attached pool only routes over them)
         self.max_request_retries = replica_cfg.max_request_retries
         self.recovery_timeout_s = recovery_timeout_s
         self.version = BASE_VERSION
@@ -109,6 +123,32 @@ class ReplicaPool:
     @classmethod
     def from_config(cls, cfg: Config, model_dir: str, **kwargs: Any) -> ReplicaPool:
         return cls(model_dir, cfg.engine, cfg.replicas, dtype=cfg.model.dtype, seed=cfg.run.seed, **kwargs)
+
+    def handle(self) -> FleetHandle:
+        """This fleet, for a router in another process (a Ray Data UDF): same actors, same version."""
+        return FleetHandle(
+            actors=tuple(r.handle for r in self.replicas if r.state != DEAD),
+            version=self.version,
+            weights_dir=self.weights_dir,
+            generation=self.generation,
+            max_request_retries=self.max_request_retries,
+            recovery_timeout_s=self.recovery_timeout_s,
+        )
+
+    @classmethod
+    def attach(cls, fleet: FleetHandle) -> ReplicaPool:
+        """A router over a running fleet that it does not own: retries and failover as usual; ``close``
+        leaves the actors running; ``load_weights`` is the owner's."""
+        pool = cls.__new__(cls)
+        pool.model_dir = fleet.weights_dir or ""
+        pool.owner = False
+        pool.max_request_retries = fleet.max_request_retries
+        pool.recovery_timeout_s = fleet.recovery_timeout_s
+        pool.version, pool.weights_dir, pool.generation = fleet.version, fleet.weights_dir, fleet.generation
+        pool.replicas = [_Replica(i, h) for i, h in enumerate(fleet.actors)]
+        pool._homes = {}
+        pool._lock = threading.Lock()
+        return pool
 
     def wait_ready(self, timeout_s: float) -> list[dict[str, Any]]:
         """Block until every replica has built its engine; an engine that cannot start is raised here."""
@@ -317,6 +357,8 @@ class ReplicaPool:
         Raises EngineError naming the replicas that failed; those stay down and retry the reload when
         next polled (a replica that failed part-way must not serve the old or a mixed model).
         """
+        if not self.owner:
+            raise EngineError("an attached fleet router cannot reload weights: the fleet's owner does")
         version = version or checkpoint_dir
         with self._lock:
             self.weights_dir, self.version = checkpoint_dir, version
@@ -385,10 +427,18 @@ class ReplicaPool:
             "replicas": rows,
         }
 
-    def close(self) -> None:
-        """Stop every replica actor (no restart)."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop every replica: its engine shuts down first (vLLM's engine core may be a child process that
+        a killed actor would orphan), then the actor is killed (no restart). An attached router only
+        forgets the actors."""
+        if self.owner:
+            live = [r for r in self.replicas if r.state != DEAD]
+            refs = [r.handle.close.remote() for r in live]
+            if refs:  # a replica still busy with an abandoned batch, or hung, is killed at the timeout
+                ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            for r in self.replicas:
+                ray.kill(r.handle, no_restart=True)
         for r in self.replicas:
-            ray.kill(r.handle, no_restart=True)
             r.state = DEAD
         self._homes.clear()
 

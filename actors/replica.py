@@ -178,4 +178,5 @@ class PolicyReplica:
         }
 
     def close(self) -> None:
+        """Shut the engine down (and its engine-core process, when it has one)."""
         self.engine.close()

@@ -108,7 +108,7 @@ class MiningConfig(_Section):
     samples_per_prompt: int = Field(4, ge=0)
     temperature: float = Field(1.0, ge=0)
     batch_size: int = Field(32, ge=1)
-    concurrency: int = Field(1, ge=1)
+    concurrency: int = Field(1, ge=1)  # Ray Data router actors sending batches to the fleet (>= replicas)
     rule: Literal["wrong_or_hard", "wrong", "hard"] = "wrong_or_hard"
 
 

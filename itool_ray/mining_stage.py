@@ -1,13 +1,18 @@
-"""Deficiency mining on Ray Data (DESIGN §4): read Samples → map_batches(MiningScorer actors) →
-collect → the deficiency rule (global: needs every perplexity) → one Parquet file, plus a summary.
+"""Deficiency mining on Ray Data (DESIGN §4): read Samples → map_batches(MiningScorer, scoring through the
+policy fleet) → collect → the deficiency rule (global: needs every perplexity) → one Parquet file, plus a
+summary.
 
-    summary = run_mining("runs/x/data/train.jsonl", model_dir=ckpt, out_path="runs/x/iter_1/deficient.parquet",
-                         cfg=cfg)
+    summary = run_mining("runs/x/data/train.jsonl", fleet=pool, model_dir=ckpt,
+                         out_path="runs/x/iter_1/deficient.parquet", cfg=cfg)
+
+The Ray Data operators are light (read, parse, route, reward): they ask for no CPU, since the fleet's
+replicas hold the cores and do the generation; streaming and backpressure are Ray Data's.
 
 The output holds every sample (``deficient`` and ``reason`` say which are kept); ``itool_ray.mining.
 deficient_samples`` reads the kept ones back as Samples. The scorer actors restart when they die
-(``replicas.max_restarts``) and Ray Data retries the batch they held (``replicas.max_request_retries``),
-so a crashed actor costs time, not samples; the stage still checks that every input sample came out
+(``replicas.max_restarts``) and Ray Data retries the batch they held (``replicas.max_request_retries``);
+a replica that dies mid-batch is retried on another one by the fleet's router. A crash costs time, not
+samples; the stage still checks that every input sample came out
 exactly once and raises otherwise.
 """
 
@@ -65,37 +70,27 @@ def read_samples(samples_path: str) -> Any:  # -> ray.data.Dataset of {"id", "sa
 
     ext = suffix(samples_path)
     filesystem, path = storage.pyarrow_filesystem(samples_path)
+    light = {"num_cpus": 0}  # the fleet's replicas may hold every core; reading and parsing are cheap
     if ext == ".parquet":
-        ds = ray.data.read_parquet(path, filesystem=filesystem)
+        ds = ray.data.read_parquet(path, filesystem=filesystem, **light)
     elif ext in (".jsonl", ".json"):
-        ds = ray.data.read_text(path, filesystem=filesystem)
+        ds = ray.data.read_text(path, filesystem=filesystem, **light)
     else:
         raise MiningError(f"mining input {samples_path}: expected a .jsonl or .parquet file of Samples")
-    return ds.map_batches(_normalise, batch_format="pyarrow", fn_kwargs={"jsonl": ext != ".parquet"})
-
-
-def scorer_remote_args(cfg: Config) -> dict[str, Any]:
-    """Resources and fault tolerance of one scorer actor, from ``cfg.replicas``.
-
-    The actor restarts up to ``max_restarts`` times; a batch whose actor died is retried up to
-    ``max_request_retries`` times (Ray Data's own default is to retry forever).
-    """
-    from actors.replica import cpu_engine_config, replica_options
-
-    options = replica_options(cfg.replicas, cpu_engine_config(cfg.engine, cfg.replicas))
-    options["max_task_retries"] = cfg.replicas.max_request_retries
-    return options
+    return ds.map_batches(_normalise, batch_format="pyarrow", fn_kwargs={"jsonl": ext != ".parquet"}, **light)
 
 
 def run_mining(
     samples_path: str,
     *,
+    fleet: Any,
     model_dir: str,
     out_path: str,
     cfg: Config,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Mine ``samples_path`` with the policy in ``model_dir``; write every row to ``out_path`` (Parquet).
+    """Mine ``samples_path`` with the policy that ``fleet`` (a ReplicaPool) serves, ``model_dir`` (its
+    tokenizer); write every row to ``out_path`` (Parquet).
 
     Returns the summary (``itool_ray.mining.summarize`` plus the settings and timings).
     ``on_batch(rows_done, rows_total)`` is called as mined batches arrive (progress).
@@ -113,7 +108,6 @@ def run_mining(
     if not ids:
         raise MiningError(f"mining input {samples_path}: no samples")
 
-    options = scorer_remote_args(cfg)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates extra remote args (removal in 2.64) but has no named parameter for
         # max_restarts/max_task_retries yet; without them Ray Data restarts and retries forever.
@@ -122,14 +116,15 @@ def run_mining(
         )
         mined = samples.map_batches(
             MiningScorer,
-            fn_constructor_args=(model_dir, cfg),
+            fn_constructor_args=(fleet.handle(), model_dir, cfg),
             batch_size=cfg.mining.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency),
-            num_cpus=options.pop("num_cpus"),
-            num_gpus=options.pop("num_gpus"),
-            runtime_env=options.pop("runtime_env", None),
-            **options,  # max_restarts, max_task_retries, custom resources
+            num_cpus=0,  # a router: the work is the fleet's
+            # A client that dies restarts; the batch it held is retried a bounded number of times
+            # (Ray Data's own default is to retry forever).
+            max_restarts=cfg.replicas.max_restarts,
+            max_task_retries=cfg.replicas.max_request_retries,
         )
     rows: list[dict[str, Any]] = []
     for batch in mined.iter_batches(batch_size=None, batch_format="pyarrow"):

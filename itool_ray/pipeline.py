@@ -6,9 +6,14 @@
 
 Each stage reads and writes the run directory and is recorded in ``manifest.json``; re-running the same
 command after a crash skips every stage whose outputs are complete (``--restart-from STAGE`` redoes a
-stage and all after it). The policy is served by a pool of Ray actor replicas that lives only during the
-generation stages (evaluation, search); mining (Ray Data actors) and training (Ray Train workers) get the
-cluster's CPUs/GPUs to themselves.
+stage and all after it).
+
+Each plan entry declares what it needs (DESIGN §4, placement is data): the policy fleet (evaluation,
+mining, search), the training workers, or nothing. The runner owns the fleet: one fleet serves every
+generation stage of a policy version; after training the new weights are reloaded into the running
+replicas in place, unless the training workers need the replicas' CPUs/GPUs, in which case the fleet is
+closed before training and started again from the new checkpoint. Fleet starts, reloads and closes are
+logged and recorded in ``manifest.json`` (``fleet``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from itool_ray.config import Config
 from itool_ray.rundir import RunDir
@@ -67,6 +72,7 @@ class Context:
     _pool_model: str | None = None
     _tokenizer: Any = None
     _samples: dict[str, list] = field(default_factory=dict)
+    stage: str = ""  # the stage running now (for the fleet's records)
 
     # -- data ---------------------------------------------------------------------------------------------
     def samples(self, split: str) -> list:
@@ -91,34 +97,92 @@ class Context:
             self._tokenizer = load_tokenizer(self.base_model(), data_dir=self.cfg.run.data_dir)
         return self._tokenizer
 
-    # -- the policy pool ----------------------------------------------------------------------------------
+    # -- the policy fleet ---------------------------------------------------------------------------------
     def pool(self, model_dir: str) -> Any:
-        """Replicas serving ``model_dir``: started on first use, reloaded in place when the model changes."""
+        """The fleet serving ``model_dir``: started on first use, reloaded in place when the model changes."""
         from actors.pool import ReplicaPool
 
+        t = time.time()
         if self._pool is None:
-            t = time.time()
             self._pool = ReplicaPool.from_config(self.cfg, model_dir)
-            log.info(
-                "policy: %d replica(s) up in %.1f s (%s)",
-                self.cfg.replicas.num_replicas,
-                time.time() - t,
-                model_dir,
-            )
+            event = "start"
         elif self._pool_model != model_dir:
             self._pool.load_weights(model_dir, version=model_dir)
-            log.info("policy: replicas reloaded %s", model_dir)
+            event = "reload"
+        else:
+            return self._pool
         self._pool_model = model_dir
+        self._fleet_event(event, model_dir, time.time() - t)
         return self._pool
 
-    def release_pool(self) -> None:
-        """Give the replicas' CPUs/GPUs back (before mining and training)."""
+    def release_pool(self, reason: str = "") -> None:
+        """Close the fleet: every replica's engine shut down, its CPUs/GPUs free."""
         if self._pool is not None:
+            t = time.time()
+            model = self._pool_model
             self._pool.close()
             self._pool, self._pool_model = None, None
+            self._fleet_event("close", model or "", time.time() - t, reason=reason)
+
+    def _fleet_event(self, event: str, model: str, seconds: float, reason: str = "") -> None:
+        n = self.cfg.replicas.num_replicas
+        verb = {"start": "started", "reload": "reloaded in place", "close": "closed"}[event]
+        log.info(
+            "fleet: %d replica(s) %s in %.1f s (%s)%s",
+            n,
+            verb,
+            seconds,
+            model,
+            f": {reason}" if reason else "",
+        )
+        self.run.record_fleet(
+            {"event": event, "stage": self.stage, "model": model, "replicas": n, "seconds": round(seconds, 2)}
+            | ({"reason": reason} if reason else {})
+        )
+
+    def prepare(self, needs: str | None) -> None:
+        """Before a stage: training that needs the fleet's resources gets them."""
+        if needs == TRAIN and self._pool is not None and not fits_beside_fleet(self.cfg):
+            self.release_pool("training needs its CPUs/GPUs")
 
 
 Stage = Callable[[Context], None]
+FLEET, TRAIN = "fleet", "train"  # what a plan entry needs (None: nothing but the driver)
+
+
+class PlanEntry(NamedTuple):
+    name: str
+    run: Stage
+    needs: str | None
+
+
+def _resources(per_unit: dict[str, float], units: int) -> dict[str, float]:
+    return {k: v * units for k, v in per_unit.items() if v}
+
+
+def fleet_resources(cfg: Config) -> dict[str, float]:
+    r = cfg.replicas
+    gpus = max(r.num_gpus, r.tensor_parallel_size) if r.num_gpus > 0 else 0
+    return _resources({"CPU": r.num_cpus, "GPU": gpus, **r.resources}, r.num_replicas)
+
+
+def training_resources(cfg: Config) -> dict[str, float]:
+    d = cfg.distributed
+    if d.num_workers == 0:  # trains in the driver process, on the driver's cores
+        return {}
+    per = {"CPU": d.cpus_per_worker, "GPU": d.gpus_per_worker if d.use_gpu else 0, **d.resources_per_worker}
+    return _resources(per, d.num_workers)
+
+
+def fits_beside_fleet(cfg: Config, total: dict[str, float] | None = None) -> bool:
+    """True when the cluster (``ray.cluster_resources()`` now) holds the fleet and the training workers at
+    once, so the fleet can stay up through training and take the new weights in place."""
+    if total is None:
+        import ray
+
+        total = ray.cluster_resources()
+    fleet, train = fleet_resources(cfg), training_resources(cfg)
+    return all(fleet.get(k, 0) + train.get(k, 0) <= total.get(k, 0) for k in set(fleet) | set(train))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,7 +293,6 @@ def stage_eval_base(ctx: Context) -> None:
 def stage_warmup(ctx: Context) -> None:
     from itool_ray.train.sft import run_warmup
 
-    ctx.release_pool()
     with ctx.run.stage("warmup") as st:
         res = run_warmup(
             ctx.samples("train"),
@@ -258,7 +321,6 @@ def _prev_policy(ctx: Context, k: int) -> str:
 def stage_mine(ctx: Context, k: int) -> None:
     from itool_ray.mining_stage import run_mining
 
-    ctx.release_pool()
     name = f"iter_{k}/mine"
     with ctx.run.stage(name) as st:
         n = len(ctx.samples("train"))
@@ -266,6 +328,7 @@ def stage_mine(ctx: Context, k: int) -> None:
         try:
             summary = run_mining(
                 ctx.run.url("data", "train.jsonl"),
+                fleet=ctx.pool(_prev_policy(ctx, k)),
                 model_dir=_prev_policy(ctx, k),
                 out_path=ctx.run.url(f"iter_{k}", "deficient.parquet"),
                 cfg=ctx.cfg,
@@ -369,7 +432,6 @@ def stage_pairs(ctx: Context, k: int) -> None:
 def stage_train(ctx: Context, k: int) -> None:
     from itool_ray.train.preference import run_preference
 
-    ctx.release_pool()
     name = f"iter_{k}/train"
     with ctx.run.stage(name) as st:
         text = ctx.run.read_text(f"iter_{k}/pairs.jsonl")
@@ -406,7 +468,6 @@ def stage_control(ctx: Context) -> None:
     for as many training tokens as the preference iterations used."""
     from itool_ray.train.sft import run_sft
 
-    ctx.release_pool()
     with ctx.run.stage("control") as st:
         budget = _iteration_tokens(ctx)
         if budget == 0:
@@ -433,7 +494,6 @@ def stage_eval_control(ctx: Context) -> None:
 def stage_report(ctx: Context) -> None:
     from itool_ray.eval.report import stage_rows, write_report
 
-    ctx.release_pool()
     with ctx.run.stage("report") as st:
         results = write_report(ctx.run, ctx.cfg)
         st.outputs += ["results.json", "report.md"]
@@ -443,23 +503,28 @@ def stage_report(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def stages(cfg: Config) -> list[tuple[str, Stage]]:
-    plan: list[tuple[str, Stage]] = [
-        ("data", stage_data),
-        ("model", stage_model),
-        ("eval_base", stage_eval_base),
-        ("warmup", stage_warmup),
-        ("eval_warmup", stage_eval_warmup),
+def stages(cfg: Config) -> list[PlanEntry]:
+    """The plan: one entry a stage, with what it needs (the runner provides it)."""
+    plan = [
+        PlanEntry("data", stage_data, None),
+        PlanEntry("model", stage_model, None),
+        PlanEntry("eval_base", stage_eval_base, FLEET),
+        PlanEntry("warmup", stage_warmup, TRAIN),
+        PlanEntry("eval_warmup", stage_eval_warmup, FLEET),
     ]
     for k in range(1, cfg.run.iterations + 1):
         plan += [
-            (f"iter_{k}/mine", lambda ctx, k=k: stage_mine(ctx, k)),
-            (f"iter_{k}/search", lambda ctx, k=k: stage_search(ctx, k)),
-            (f"iter_{k}/pairs", lambda ctx, k=k: stage_pairs(ctx, k)),
-            (f"iter_{k}/train", lambda ctx, k=k: stage_train(ctx, k)),
-            (f"iter_{k}/eval", lambda ctx, k=k: stage_eval_iter(ctx, k)),
+            PlanEntry(f"iter_{k}/mine", lambda ctx, k=k: stage_mine(ctx, k), FLEET),
+            PlanEntry(f"iter_{k}/search", lambda ctx, k=k: stage_search(ctx, k), FLEET),
+            PlanEntry(f"iter_{k}/pairs", lambda ctx, k=k: stage_pairs(ctx, k), None),
+            PlanEntry(f"iter_{k}/train", lambda ctx, k=k: stage_train(ctx, k), TRAIN),
+            PlanEntry(f"iter_{k}/eval", lambda ctx, k=k: stage_eval_iter(ctx, k), FLEET),
         ]
-    plan += [("control", stage_control), ("eval_control", stage_eval_control), ("report", stage_report)]
+    plan += [
+        PlanEntry("control", stage_control, TRAIN),
+        PlanEntry("eval_control", stage_eval_control, FLEET),
+        PlanEntry("report", stage_report, None),
+    ]
     return plan
 
 
@@ -487,7 +552,7 @@ def run_pipeline(
             )
     run.write_text("config.yaml", cfg.to_yaml())
     plan = stages(cfg)
-    names = [n for n, _ in plan]
+    names = [entry.name for entry in plan]
     if restart_from is not None:
         if restart_from not in names:
             raise ValueError(f"--restart-from {restart_from!r}: unknown stage (stages: {', '.join(names)})")
@@ -502,12 +567,14 @@ def run_pipeline(
     init_ray()
     t0 = time.time()
     try:
-        for i, (name, fn) in enumerate(plan, 1):
+        for i, (name, fn, needs) in enumerate(plan, 1):
             if run.stage_done(name):
                 log.info("[%d/%d] %s: done before, skipped", i, len(plan), name)
                 continue
             t = time.time()
             log.info("[%d/%d] %s ...", i, len(plan), name)
+            ctx.stage = name
+            ctx.prepare(needs)
             try:
                 fn(ctx)
             except _expected_failures() as e:
@@ -519,6 +586,7 @@ def run_pipeline(
             if os.environ.get(KILL_AFTER_STAGE_ENV) == name:
                 os.kill(os.getpid(), signal.SIGKILL)
     finally:
-        ctx.release_pool()
+        ctx.stage = "end"
+        ctx.release_pool("end of run")
     log.info("run %s finished in %.1f s", run.uri, time.time() - t0)
     return run

@@ -110,6 +110,12 @@ class RunDir:
         m["stages"].setdefault(name, {}).update(fields)
         self.write_json("manifest.json", m)
 
+    def record_fleet(self, event: dict[str, Any]) -> None:
+        """Append a fleet event (start, reload, close) to the manifest's ``fleet`` list."""
+        m = self.manifest()
+        m.setdefault("fleet", []).append({**event, "at": round(time.time(), 3)})
+        self.write_json("manifest.json", m)
+
     def forget_from(self, names: list[str]) -> None:
         """Mark stages as not done (for --restart-from)."""
         m = self.manifest()

@@ -1,5 +1,6 @@
-"""Deficiency mining on Ray Data with the tiny model: every sample scored once, the rule applied,
-Parquet and summary written; a scorer actor killed mid-stage loses no sample."""
+"""Deficiency mining on Ray Data through the policy fleet, with the tiny model: every sample scored once,
+the rule applied, Parquet and summary written; a Ray Data router or a fleet replica killed mid-stage
+loses no sample."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def cfg():
     )
 
 
+@pytest.fixture
+def fleet(ray_session, tiny_model_dir, cfg):
+    from actors.pool import ReplicaPool
+
+    pool = ReplicaPool.from_config(cfg, tiny_model_dir)
+    yield pool
+    pool.close()
+
+
 def _check_output(rows, summary, samples):
     assert [r["id"] for r in rows] == [s.id for s in samples]  # every sample once, in input order
     assert summary["n"] == N and summary["output"]
@@ -52,40 +62,49 @@ def _check_output(rows, summary, samples):
     assert sum(c["n"] for c in summary["by_category"].values()) == N
 
 
-def test_mining_writes_every_score_and_a_summary(ray_session, tiny_model_dir, samples, cfg, tmp_path):
+def test_mining_writes_every_score_and_a_summary(fleet, tiny_model_dir, samples, cfg, tmp_path):
     src = tmp_path / "train.parquet"
     write_samples(samples, str(src))
     out = tmp_path / "iter_1" / "deficient.parquet"
-    summary = run_mining(str(src), model_dir=tiny_model_dir, out_path=str(out), cfg=cfg)
+    summary = run_mining(str(src), fleet=fleet, model_dir=tiny_model_dir, out_path=str(out), cfg=cfg)
     rows = read_mined(str(out))
     _check_output(rows, summary, samples)
     kept = deficient_samples(rows)
     assert len(kept) == summary["deficient"] and {s.id for s in kept} <= {s.id for s in samples}
     assert 0.0 <= summary["greedy_accuracy"] <= 1.0 and summary["settings"]["rule"] == "wrong_or_hard"
+    # The fleet did the work: every sample was generated and scored by its replica.
+    stats = fleet.stats()[0]
+    assert stats["requests"] == 2 * N and stats["scored"] == N
 
 
-def test_killing_a_scorer_actor_mid_stage_loses_no_sample(
-    ray_session, tiny_model_dir, samples, cfg, tmp_path
-):
+def _kill_first(ray_session, match: str, killed: list[int], done: int) -> None:
     from ray.util.state import list_actors
 
+    if killed:
+        return
+    address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
+    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+    targets = [a for a in alive if match in a.class_name]
+    assert targets, f"no {match} among {[a.class_name for a in alive]}"
+    os.kill(targets[0].pid, signal.SIGKILL)
+    killed.append(done)
+
+
+@pytest.mark.parametrize("victim", ["MapWorker", "PolicyReplica"])
+def test_killing_a_router_or_a_replica_mid_stage_loses_no_sample(
+    ray_session, fleet, tiny_model_dir, samples, cfg, tmp_path, victim
+):
     src = tmp_path / "train.jsonl"
     write_samples(samples, str(src))
     killed: list[int] = []
-
-    def kill_one_scorer(done: int, total: int) -> None:
-        if killed:
-            return
-        address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
-        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
-        scorers = [a for a in alive if "MapWorker" in a.class_name]
-        assert scorers, f"no Ray Data map worker among {[a.class_name for a in alive]}"
-        os.kill(scorers[0].pid, signal.SIGKILL)
-        killed.append(done)
-
     out = tmp_path / "mined.parquet"
     summary = run_mining(
-        str(src), model_dir=tiny_model_dir, out_path=str(out), cfg=cfg, on_batch=kill_one_scorer
+        str(src),
+        fleet=fleet,
+        model_dir=tiny_model_dir,
+        out_path=str(out),
+        cfg=cfg,
+        on_batch=lambda done, total: _kill_first(ray_session, victim, killed, done),
     )
     assert killed and killed[0] < N, "the actor was not killed mid-stage"
     _check_output(read_mined(str(out)), summary, samples)

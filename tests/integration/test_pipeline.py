@@ -32,7 +32,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     run = run_pipeline(cfg)
     run_dir = Path(run.root)
     manifest = _manifest(run_dir)
-    names = [n for n, _ in stages(cfg)]
+    names = [entry.name for entry in stages(cfg)]
     assert [n for n in names if manifest["stages"][n]["status"] != "done"] == []
 
     results = json.loads((run_dir / "results.json").read_text())
@@ -49,6 +49,20 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     st = manifest["stages"]
     assert st["control"]["summary"]["token_budget"] == st["iter_1/train"]["summary"]["trained_tokens"] > 0
 
+    # One fleet for the whole run here (replica + training worker fit the session's 2 CPUs): started once,
+    # shared by evaluation, mining and search, new weights reloaded in place after each training stage.
+    fleet = manifest["fleet"]
+    assert [e["event"] for e in fleet].count("start") == 1, fleet
+    assert [e["stage"] for e in fleet if e["event"] == "reload"] == [
+        "eval_warmup",
+        "iter_1/eval",
+        "eval_control",
+    ]
+    assert not [e for e in fleet if e["stage"] in ("iter_1/mine", "iter_1/search")], (
+        "mining/search had a fleet of its own"
+    )
+    assert fleet[-1]["event"] == "close" and fleet[-1]["stage"] == "end"
+
     # A second run finds everything done and redoes nothing.
     run_pipeline(cfg)
     again = _manifest(run_dir)
@@ -62,8 +76,18 @@ def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, 
     cfg.run.iterations = 0  # data → model → eval → warm-up → eval → control → report
     cfg.eval.bfcl_categories = ["simple", "irrelevance"]  # BFCL's data and checker, 3 entries each
     cfg.eval.bfcl_limit = 3
+    cfg.distributed.cpus_per_worker = 2  # training needs the replica's CPU too: the fleet closes for it
     run = run_pipeline(cfg)
     before = _manifest(Path(run.root))["stages"]
+    events = [(e["stage"], e["event"]) for e in _manifest(Path(run.root))["fleet"]]
+    assert events == [
+        ("eval_base", "start"),
+        ("warmup", "close"),
+        ("eval_warmup", "start"),
+        ("control", "close"),
+        ("eval_control", "start"),
+        ("end", "close"),
+    ]
     bfcl = json.loads((Path(run.root) / "results.json").read_text())["bfcl"]
     assert set(bfcl) == {"base", "warmup", "control"}
     for acc in bfcl.values():
@@ -149,7 +173,7 @@ def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, 
 def test_driver_killed_at_every_stage_boundary_loses_and_redoes_nothing(tmp_path, data_dir, ray_head):
     """SIGKILL the driver right after each stage in turn; every re-run does exactly the next stage."""
     cfg = _cfg(tmp_path, data_dir, "boundaries")
-    names = [n for n, _ in stages(cfg)]
+    names = [entry.name for entry in stages(cfg)]
     args = _driver_args(tmp_path, data_dir, "boundaries")
     run_dir = tmp_path / "boundaries"
     ended: dict[str, float] = {}

@@ -83,3 +83,20 @@ def test_yaml_round_trip():
     cfg = load_config("quickstart")
     again = load_config(None, __import__("yaml").safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_fleet_stays_through_training_only_where_the_cluster_holds_both():
+    from itool_ray.pipeline import fits_beside_fleet, fleet_resources, training_resources
+
+    quick = load_config("quickstart")  # replica 2 CPUs + one 2-CPU training worker on a 2-core machine
+    assert fleet_resources(quick) == {"CPU": 2} and training_resources(quick) == {"CPU": 2}
+    assert not fits_beside_fleet(quick, {"CPU": 2})
+    assert fits_beside_fleet(quick, {"CPU": 4})
+    gpu = load_config(
+        "llama31-8b-toolace",
+        ["--replicas.resources", "{h100: 1}", "--distributed.resources_per_worker", "{h100: 1}"],
+    )
+    assert fleet_resources(gpu)["GPU"] == 8 and fleet_resources(gpu)["h100"] == 8
+    assert not fits_beside_fleet(gpu, {"CPU": 400, "GPU": 8, "h100": 8})  # one 8-GPU node: training takes it
+    assert fits_beside_fleet(gpu, {"CPU": 400, "GPU": 16, "h100": 16})
+    assert not fits_beside_fleet(gpu, {"CPU": 400, "GPU": 16, "h100": 8})  # the other GPUs are another type

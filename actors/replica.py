@@ -78,6 +78,15 @@ class PolicyReplica:
     ):
         from itool_ray.engines import make_engine
 
+        if ray.get_gpu_ids():
+            import torch
+
+            if not torch.cuda.is_available():  # else the engine would quietly serve from the CPU
+                raise EngineError(
+                    f"replica on node {ray.get_runtime_context().get_node_id()[:12]}: Ray gave it GPUs "
+                    f"{ray.get_gpu_ids()} but torch {torch.__version__} cannot use CUDA (driver too old for "
+                    "this torch build?)"
+                )
         self.started = time.time()
         self.engine = make_engine(
             engine_cfg.kind, model_dir, engine_cfg, dtype=dtype, seed=seed, **(engine_kwargs or {})

@@ -156,22 +156,28 @@ class PlanEntry(NamedTuple):
     needs: str | None
 
 
-def _resources(per_unit: dict[str, float], units: int) -> dict[str, float]:
-    return {k: v * units for k, v in per_unit.items() if v}
+def replica_demand(cfg: Config) -> dict[str, float]:
+    """What one replica of the fleet asks Ray for."""
+    r = cfg.replicas
+    gpus = max(r.num_gpus, r.tensor_parallel_size) if r.num_gpus > 0 else 0
+    return {k: v for k, v in {"CPU": r.num_cpus, "GPU": gpus, **r.resources}.items() if v}
+
+
+def worker_demand(cfg: Config) -> dict[str, float]:
+    """What one training worker asks Ray for (nothing when training runs in the driver: num_workers 0)."""
+    d = cfg.distributed
+    if d.num_workers == 0:
+        return {}
+    per = {"CPU": d.cpus_per_worker, "GPU": d.gpus_per_worker if d.use_gpu else 0, **d.resources_per_worker}
+    return {k: v for k, v in per.items() if v}
 
 
 def fleet_resources(cfg: Config) -> dict[str, float]:
-    r = cfg.replicas
-    gpus = max(r.num_gpus, r.tensor_parallel_size) if r.num_gpus > 0 else 0
-    return _resources({"CPU": r.num_cpus, "GPU": gpus, **r.resources}, r.num_replicas)
+    return {k: v * cfg.replicas.num_replicas for k, v in replica_demand(cfg).items()}
 
 
 def training_resources(cfg: Config) -> dict[str, float]:
-    d = cfg.distributed
-    if d.num_workers == 0:  # trains in the driver process, on the driver's cores
-        return {}
-    per = {"CPU": d.cpus_per_worker, "GPU": d.gpus_per_worker if d.use_gpu else 0, **d.resources_per_worker}
-    return _resources(per, d.num_workers)
+    return {k: v * cfg.distributed.num_workers for k, v in worker_demand(cfg).items()}
 
 
 def fits_beside_fleet(cfg: Config, total: dict[str, float] | None = None) -> bool:

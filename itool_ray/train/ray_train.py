@@ -283,6 +283,14 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     job: TrainJob = config["job"]
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if job.dist.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():  # else the HF Trainer would quietly train on the CPU
+            raise TrainError(
+                f"{job.kind}: distributed.use_gpu is set but torch {torch.__version__} cannot use CUDA on this "
+                "node (driver too old for this torch build?)"
+            )
     if job.deepspeed is not None:
         init_deepspeed_comm(use_gpu=job.dist.use_gpu)
     rank = ray.train.get_context().get_world_rank()

@@ -27,7 +27,9 @@ fi
 # pip's "Location ... is ignored" lines come from optional local index folders; they are noise here.
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 CONSTRAINTS="$VENV/constraints.txt"
-echo "torch==2.13.0" > "$CONSTRAINTS"
+# torch first of all; the AWS clients at a set that s3fs's aiobotocore accepts (else pip backtracks through
+# hundreds of boto3 releases for minutes).
+printf '%s\n' "torch==2.13.0" "aiobotocore==3.10.0" "botocore==1.43.117" "boto3==1.43.117" > "$CONSTRAINTS"
 export PIP_CONSTRAINT="$CONSTRAINTS"
 
 echo "setup: [1/6] torch 2.13.0 ($TARGET)"

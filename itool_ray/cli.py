@@ -13,7 +13,6 @@ import sys
 from itool_ray.config import PRESETS, Config, ConfigError, load_config
 
 EXIT_USAGE = 2  # bad config, bad input, bad flags
-EXIT_UNAVAILABLE = 3  # a stage this version does not provide yet
 EXIT_FAILURE = 1  # the environment failed: disk full, unwritable path
 
 
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from itool_ray.data.io import DatasetError
-    from itool_ray.pipeline import StageFailed, StageUnavailable
+    from itool_ray.pipeline import StageFailed
     from itool_ray.rundir import RunDirError
 
     try:
@@ -234,9 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, RunDirError, FileNotFoundError, StageFailed) as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except StageUnavailable as e:
-        print(f"itool: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -37,10 +37,6 @@ log = logging.getLogger("itool")
 KILL_AFTER_STAGE_ENV = "ITOOL_KILL_AFTER_STAGE"
 
 
-class StageUnavailable(RuntimeError):
-    """A pipeline stage that this version of itool-ray does not provide."""
-
-
 class StageFailed(RuntimeError):
     """A stage stopped for a reason the user can act on (the message says which stage and why)."""
 
@@ -139,6 +135,26 @@ class Context:
             {"event": event, "stage": self.stage, "model": model, "replicas": n, "seconds": round(seconds, 2)}
             | ({"reason": reason} if reason else {})
         )
+
+    def held_after_stage(self, settle_s: float = 10.0) -> dict[str, float]:
+        """Cluster resources still held once a stage is over: the fleet's, while the runner keeps it, and
+        nothing else. Waits up to ``settle_s`` for Ray to see released actors go."""
+        import ray
+
+        allowed = fleet_resources(self.cfg) if self._pool is not None else {}
+        deadline = time.time() + settle_s
+        while True:
+            total, free = ray.cluster_resources(), ray.available_resources()
+            held = {
+                k: round(v - free.get(k, 0.0), 3)
+                for k, v in total.items()
+                if not k.startswith("node:")
+                and k not in ("memory", "object_store_memory")
+                and v - free.get(k, 0.0) > 1e-6
+            }
+            if all(v <= allowed.get(k, 0) for k, v in held.items()) or time.time() > deadline:
+                return held
+            time.sleep(0.2)
 
     def prepare(self, needs: str | None) -> None:
         """Before a stage: training that needs the fleet's resources gets them."""
@@ -588,6 +604,7 @@ def run_pipeline(
                     f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
                     "stages are kept)"
                 ) from e
+            run.note_stage(name, resources_held_after=ctx.held_after_stage())
             log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
             if os.environ.get(KILL_AFTER_STAGE_ENV) == name:
                 os.kill(os.getpid(), signal.SIGKILL)

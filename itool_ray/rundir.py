@@ -110,6 +110,10 @@ class RunDir:
         m["stages"].setdefault(name, {}).update(fields)
         self.write_json("manifest.json", m)
 
+    def note_stage(self, name: str, **fields: Any) -> None:
+        """Add facts to a finished stage's record (what it left held, …)."""
+        self._update_stage(name, **fields)
+
     def record_fleet(self, event: dict[str, Any]) -> None:
         """Append a fleet event (start, reload, close) to the manifest's ``fleet`` list."""
         m = self.manifest()

@@ -204,15 +204,27 @@ def content_key(uri: str) -> str:
 
 def local_copy(uri: str) -> str:
     """A local path holding what ``uri`` holds: the path itself when local (including a hub id, which
-    transformers resolves), else a copy in this node's cache, fetched once per content."""
+    transformers resolves), else a copy in this node's cache, fetched once per content and node: processes
+    that ask at once (8 replicas or training ranks of one node) wait for the one that fetches."""
     if is_local(uri):
         return local_path(uri)
+    import fcntl
+
     key = content_key(uri)
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     final = cache_dir() / f"{key}-{name}"
     if final.exists():
         return str(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.exists():
+            _fetch(uri, final)
+    return str(final)
+
+
+def _fetch(uri: str, final: Path) -> None:
+    key, name = final.name.split("-", 1)
     fs, path = filesystem(uri)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
@@ -222,11 +234,6 @@ def local_copy(uri: str) -> str:
         else:
             src = tmp / name
             fs.get_file(path, str(src))
-        try:
-            os.rename(src, final)
-        except OSError:
-            if not final.exists():  # a concurrent fetch of the same content that won keeps its copy
-                raise
+        os.rename(src, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)

@@ -301,10 +301,8 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     export_dir = os.path.join(scratch, "export")
     try:
-        resume_dir = None
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            resume_dir = checkpoint.to_directory(os.path.join(scratch, "resume"))
+        resume_dir = _checkpoint_dir(checkpoint) if checkpoint is not None else None
         resumed_from = _checkpoint_step(resume_dir) if resume_dir else None
         progress = _progress_callback(job, resumed=resume_dir is not None)
         trainer = prepare_trainer(
@@ -327,6 +325,20 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _checkpoint_dir(checkpoint: Any) -> str:
+    """The restored checkpoint as a local directory, read in place: the storage path itself when the run
+    directory is on a local or shared filesystem, else one copy per node in the node cache (every rank reads
+    its own optimizer shard from it), never one copy per rank."""
+    from pyarrow.fs import LocalFileSystem, PyFileSystem
+
+    fs = checkpoint.filesystem
+    if isinstance(fs, LocalFileSystem):
+        return checkpoint.path
+    if isinstance(fs, PyFileSystem):  # an fsspec filesystem (storage.pyarrow_filesystem)
+        return storage.local_copy(fs.handler.fs.unstrip_protocol(checkpoint.path))
+    raise TrainError(f"checkpoint on an unexpected filesystem {type(fs).__name__}: {checkpoint.path}")
 
 
 def _checkpoint_step(path: str) -> int | None:

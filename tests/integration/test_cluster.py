@@ -71,6 +71,11 @@ def test_job_on_nodes_that_share_no_disk_runs_on_the_workers_and_frees_everythin
     assert stages and all(s["status"] == "done" for s in stages.values())
     assert {"base", "warmup", "iter_1", "control"} <= set(json.loads(fs.cat_file(f"{run}/results.json")))
 
+    # After every stage only the fleet the runner keeps (one replica: 1 CPU, 1 stage_node) is still held.
+    for name, st in stages.items():
+        held = st["resources_held_after"]
+        assert held.get(STAGE_RESOURCE, 0) <= 1 and held.get("CPU", 0) <= 1, (name, held)
+
     # Replicas, the mining pool and the training workers ran on the worker nodes, never on the head.
     actors = _stage_actors(cluster)
     for kind in ("PolicyReplica", "MiningScorer", "RayTrainWorker"):

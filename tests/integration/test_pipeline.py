@@ -14,6 +14,7 @@ from raycluster import start_head
 
 from itool_ray.config import load_config
 from itool_ray.pipeline import KILL_AFTER_STAGE_ENV, run_pipeline, stages
+from itool_ray.train.ray_train import CRASH_AFTER_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -249,9 +250,10 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny"]
     args += ["--run.root", root, "--run.data_dir", data_dir, "--run.name", "s3"]
     env = {**_driver_env(ray_head), "ITOOL_CACHE_DIR": str(tmp_path / "cache")}
+    # The first run also loses a training worker once, after the warm-up's first checkpoint (in the bucket).
     killed = subprocess.run(
         args,
-        env={**env, KILL_AFTER_STAGE_ENV: "iter_1/search"},
+        env={**env, KILL_AFTER_STAGE_ENV: "iter_1/search", CRASH_AFTER_STEP_ENV: "1"},
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -263,6 +265,8 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     before = json.loads(fs.cat_file(f"{run}/manifest.json"))["stages"]
     assert before["iter_1/search"]["status"] == "done" and "iter_1/pairs" not in before
     assert fs.exists(f"{run}/warmup/ckpt/model.safetensors")
+    warmup = json.loads(fs.cat_file(f"{run}/warmup/ckpt/metrics.json"))["summary"]
+    assert warmup["resumed_from_step"] is not None, "the crashed worker did not resume from the bucket"
     assert not fs.exists(f"{run}/warmup/ckpt/train_state"), "training state left after the stage"
     assert fs.cat_file(f"{run}/model/base_path.txt").decode().strip() == f"{root}/s3/model/base"
 
@@ -275,5 +279,5 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     assert fs.exists(f"{run}/plots/accuracy.png")
     assert not list(tmp_path.rglob("manifest.json")), "the run wrote a manifest to the local disk"
     # What the stages loaded came from the bucket into the node cache, not from the driver's model build.
-    cached = {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir()}
+    cached = {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")}
     assert {"base", "ckpt"} <= cached

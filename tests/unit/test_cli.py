@@ -41,3 +41,9 @@ def test_data_check_reports_malformed_lines(tmp_path, capsys):
     assert main(["data", "check", str(bad), "--strict"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert ":4" in err or "line 4" in err
+
+
+def test_run_root_on_a_protocol_without_its_driver_is_one_line_naming_the_extra(capsys):
+    assert main(["run", "--config", "tiny", "--run.root", "abfs://container/runs"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "itool-ray[cloud]" in err and "abfs://" in err and err.count("\n") == 1

@@ -38,7 +38,8 @@ def test_remote_directory_is_fetched_once_per_content(memfs, tmp_path, monkeypat
     second = storage.local_copy("memory://runs/r/ckpt")
     assert second != first
     assert open(os.path.join(second, "sub", "w.bin"), "rb").read() == b"56789"
-    assert not [p for p in os.listdir(tmp_path / "cache") if p.startswith(".")], "a temp dir was left"
+    left = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".") and p.is_dir()]
+    assert not left, "a temp dir was left"
 
 
 def test_remote_file_is_fetched(memfs, tmp_path, monkeypatch):
@@ -111,3 +112,16 @@ def test_s3_round_trip_through_a_real_s3_server(s3_server, tmp_path, monkeypatch
     assert open(os.path.join(got, "config.json")).read() == '{"a": 1}'
     fs, path = storage.pyarrow_filesystem(root + "/ckpt")
     assert fs.get_file_info(path + "/config.json").size == 8
+
+
+def test_concurrent_fetches_of_one_checkpoint_download_it_once(memfs, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    memfs.pipe("/runs/r/ckpt/model.bin", b"w" * 1000)
+    calls = []
+    real = storage._fetch
+    monkeypatch.setattr(storage, "_fetch", lambda uri, final: (calls.append(uri), real(uri, final)))
+    with ThreadPoolExecutor(8) as pool:  # 8 ranks (or replicas) of one node at once
+        got = set(pool.map(lambda _: storage.local_copy("memory://runs/r/ckpt"), range(8)))
+    assert len(got) == 1 and len(calls) == 1

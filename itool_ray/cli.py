@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from itool_ray.data.io import DatasetError
-    from itool_ray.pipeline import StageFailed
+    from itool_ray.models import ModelError
+    from itool_ray.pipeline import PlanError, StageFailed
     from itool_ray.rundir import RunDirError
 
     try:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatasetError, RunDirError, FileNotFoundError, StageFailed) as e:
+    except (DatasetError, RunDirError, FileNotFoundError, StageFailed, PlanError, ModelError) as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes

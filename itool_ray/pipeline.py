@@ -41,14 +41,36 @@ class StageFailed(RuntimeError):
     """A stage stopped for a reason the user can act on (the message says which stage and why)."""
 
 
+class PlanError(ValueError):
+    """A stage name the run's plan does not have (``--restart-from``, ``itool iterate``)."""
+
+
 def _expected_failures() -> tuple[type[BaseException], ...]:
-    """Errors that mean "this input/config cannot work", reported without a traceback."""
+    """Errors that mean "this input/config cannot work", reported without a traceback. Anything else (a
+    bare ValueError or KeyError included) is a bug and keeps its traceback."""
+    from itool_ray.config import ConfigError
+    from itool_ray.data.io import DatasetError
+    from itool_ray.data.schema import SampleError
     from itool_ray.mcts.search import SearchFailedError
     from itool_ray.mining_stage import MiningError
     from itool_ray.models import ModelError
+    from itool_ray.prompts import PromptError
+    from itool_ray.storage import StorageError
     from itool_ray.train.common import TrainError
+    from itool_ray.train.deepspeed import DeepSpeedConfigError
 
-    return (TrainError, MiningError, SearchFailedError, ModelError, ValueError)
+    return (
+        TrainError,
+        MiningError,
+        SearchFailedError,
+        ModelError,
+        DatasetError,
+        SampleError,
+        PromptError,
+        ConfigError,
+        DeepSpeedConfigError,
+        StorageError,
+    )
 
 
 def _bar(total: int, desc: str):
@@ -224,13 +246,13 @@ def load_split(cfg: Config, split: str) -> tuple[list, str]:
 
 def stage_data(ctx: Context) -> None:
     """Load (or synthesise) the train and held-out splits into ``data/``."""
-    from itool_ray.data.io import write_samples
+    from itool_ray.data.io import DatasetError, write_samples
 
     with ctx.run.stage("data") as st:
         for split in ("train", "heldout"):
             samples, summary = load_split(ctx.cfg, split)
             if not samples:
-                raise ValueError(f"data.{split}: no usable samples ({summary})")
+                raise DatasetError(f"data.{split}: no usable samples ({summary})")
             write_samples(samples, ctx.run.url("data", f"{split}.jsonl"))
             st.outputs.append(f"data/{split}.jsonl")
             st.summary[split] = summary
@@ -564,6 +586,15 @@ def run_pipeline(
     cfg: Config, *, restart_from: str | None = None, until: str | None = None, redo: bool = False
 ) -> RunDir:
     """Run the stages in order, skipping completed ones; stop after ``until`` (``redo``: redo that one)."""
+    plan = stages(cfg)
+    names = [entry.name for entry in plan]
+    if restart_from is not None and restart_from not in names:
+        raise PlanError(f"--restart-from {restart_from!r}: unknown stage (stages: {', '.join(names)})")
+    if until is not None and until not in names:
+        raise PlanError(
+            f"stage {until!r} is not in this run's plan: run.iterations is {cfg.run.iterations} "
+            f"(stages: {', '.join(names)})"
+        )
     run = RunDir(cfg.run.dir)
     if run.exists("config.yaml"):
         old = run.read_text("config.yaml")
@@ -573,15 +604,9 @@ def run_pipeline(
                 "are kept (use --restart-from STAGE to redo them)"
             )
     run.write_text("config.yaml", cfg.to_yaml())
-    plan = stages(cfg)
-    names = [entry.name for entry in plan]
     if restart_from is not None:
-        if restart_from not in names:
-            raise ValueError(f"--restart-from {restart_from!r}: unknown stage (stages: {', '.join(names)})")
         run.forget_from(names[names.index(restart_from) :])
     if until is not None:
-        if until not in names:
-            raise ValueError(f"stage {until!r} is not in this run's plan (stages: {', '.join(names)})")
         plan = plan[: names.index(until) + 1]
         if redo:
             run.forget_from([until])

@@ -47,3 +47,40 @@ def test_run_root_on_a_protocol_without_its_driver_is_one_line_naming_the_extra(
     assert main(["run", "--config", "tiny", "--run.root", "abfs://container/runs"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "itool-ray[cloud]" in err and "abfs://" in err and err.count("\n") == 1
+
+
+def test_user_errors_on_stages_and_models_are_one_line_not_tracebacks(tmp_path, capsys):
+    root = ["--run.root", str(tmp_path)]
+    cases = [
+        (["run", "--config", "tiny", "--restart-from", "bogus", *root], "bogus"),
+        (["iterate", "--config", "tiny", "--stage", "mine", "--iteration", "5", *root], "iter_5/mine"),
+        (["eval", "--config", "tiny", "--model", str(tmp_path / "missing"), "--data", "x.jsonl"], "missing"),
+    ]
+    for argv, named in cases:
+        assert main(argv) == EXIT_USAGE, argv
+        err = capsys.readouterr().err
+        assert err.startswith("itool: ") and named in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "tiny" / "config.yaml").exists(), "a refused command wrote to the run directory"
+
+
+def test_a_bug_inside_a_stage_keeps_its_traceback(tmp_path, monkeypatch, ray_session):
+    import pytest
+
+    from itool_ray import pipeline
+    from itool_ray.config import load_config
+    from itool_ray.data.io import DatasetError
+
+    cfg = load_config("tiny", ["--run.root", str(tmp_path)])
+
+    def plan_raising(error):
+        def boom(ctx):
+            raise error
+
+        return lambda cfg: [pipeline.PlanEntry("data", boom, None)]
+
+    monkeypatch.setattr(pipeline, "stages", plan_raising(DatasetError("data.train: no usable samples")))
+    with pytest.raises(pipeline.StageFailed, match="no usable samples"):
+        pipeline.run_pipeline(cfg)
+    monkeypatch.setattr(pipeline, "stages", plan_raising(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):  # not dressed up as "stage data failed"
+        pipeline.run_pipeline(cfg)

@@ -147,6 +147,7 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
                 max_tokens=cfg.eval.max_tokens,
                 batch_size=cfg.eval.batch_size,
                 limit=args.limit,
+                max_model_len=cfg.engine.max_model_len,
             )
         else:
             from itool_ray.data.loaders import load_samples
@@ -161,10 +162,16 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
                 style=cfg.data.prompt_style,
                 max_tokens=cfg.eval.max_tokens,
                 batch_size=cfg.eval.batch_size,
+                max_model_len=cfg.engine.max_model_len,
             )
     finally:
         engine.close()
     print(results_table({"accuracy": res.accuracy}))
+    if res.too_long:
+        print(
+            f"{res.too_long} of {res.counts['overall']} prompts were longer than the context "
+            f"(engine.max_model_len {cfg.engine.max_model_len}) and count as wrong"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res.to_dict(with_records=True), f, indent=2)

@@ -303,6 +303,7 @@ def _evaluate(ctx: Context, name: str, model_dir: str, out_rel: str) -> None:
                 max_tokens=cfg.eval.max_tokens,
                 batch_size=cfg.eval.batch_size,
                 progress=bar.update,
+                max_model_len=cfg.engine.max_model_len,
             )
         finally:
             bar.close()
@@ -317,12 +318,16 @@ def _evaluate(ctx: Context, name: str, model_dir: str, out_rel: str) -> None:
                 max_tokens=cfg.eval.max_tokens,
                 batch_size=cfg.eval.batch_size,
                 limit=cfg.eval.bfcl_limit,
+                max_model_len=cfg.engine.max_model_len,
             )
             out["bfcl"] = bres.to_dict(with_records=True)
             st.summary["bfcl"] = bres.accuracy
         ctx.run.write_json(out_rel, out)
         st.outputs.append(out_rel)
         st.summary["accuracy"] = res.accuracy
+        if res.too_long:
+            st.summary["too_long"] = res.too_long
+            log.warning("%s: %d prompt(s) longer than the context counted as wrong", name, res.too_long)
         log.info("%s: held-out accuracy %s", name, _fmt_acc(res.accuracy))
 
 

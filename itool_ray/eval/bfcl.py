@@ -125,6 +125,7 @@ def evaluate_bfcl(
     batch_size: int = 32,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_model_len: int | None = None,
 ) -> EvalResult:
     """Greedy answers to BFCL's questions, judged by BFCL's checker (``exact``); ``score`` is ours."""
     checker = bfcl_checker()
@@ -151,4 +152,5 @@ def evaluate_bfcl(
         batch_size=batch_size,
         judge=judge,
         progress=progress,
+        max_model_len=max_model_len,
     )

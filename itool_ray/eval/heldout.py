@@ -24,12 +24,14 @@ class EvalResult:
     records: list[dict[str, Any]] = field(
         default_factory=list
     )  # one per sample: id, category, output, exact, score
+    too_long: int = 0  # prompts longer than the engine's context: counted as wrong, never sent
 
     def to_dict(self, *, with_records: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "accuracy": self.accuracy,
             "mean_score": self.mean_score,
             "counts": self.counts,
+            "too_long": self.too_long,
         }
         if with_records:
             out["records"] = self.records
@@ -50,7 +52,8 @@ def summarise(records: Sequence[dict[str, Any]]) -> EvalResult:
     acc["overall"] = sum(r["exact"] for r in records) / n if n else 0.0
     score["overall"] = sum(r["score"] for r in records) / n if n else 0.0
     counts["overall"] = n
-    return EvalResult(acc, score, counts, list(records))
+    too_long = sum(1 for r in records if r.get("too_long"))
+    return EvalResult(acc, score, counts, list(records), too_long)
 
 
 def judge_with_reward(text: str, sample: Sample) -> dict[str, Any]:
@@ -69,27 +72,47 @@ def evaluate_samples(
     batch_size: int = 32,
     judge: Callable[[str, Sample], dict[str, Any]] = judge_with_reward,
     progress: Callable[[int], None] | None = None,
+    max_model_len: int | None = None,
 ) -> EvalResult:
     """Greedy-decode every sample with ``engine.generate`` (an Engine or a replica pool) and judge it.
 
-    ``judge(text, sample)`` returns at least ``exact`` and ``score`` for the sample's record.
+    ``judge(text, sample)`` returns at least ``exact`` and ``score`` for the sample's record. A prompt that
+    leaves no room in ``max_model_len`` (the engine's context) is not sent (an engine refuses it, and with
+    it the whole batch): it is one wrong answer, with the reason in its record and counted in ``too_long``.
     """
     stop = [end_of_turn(tokenizer)]
     records: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
+        prompts = [render_prompt(tokenizer, s.tools, s.messages, style=style) for s in batch]
+        sizes = [_prompt_tokens(tokenizer, p) if max_model_len else 0 for p in prompts]
+        fits = [not max_model_len or n < max_model_len for n in sizes]
         requests = [
-            GenerationRequest(
-                prompt=render_prompt(tokenizer, s.tools, s.messages, style=style),
-                max_tokens=max_tokens,
-                temperature=0.0,
-                stop=stop,
-            )
-            for s in batch
+            GenerationRequest(prompt=p, max_tokens=max_tokens, temperature=0.0, stop=stop)
+            for p, ok in zip(prompts, fits, strict=True)
+            if ok
         ]
-        for s, res in zip(batch, engine.generate(requests), strict=True):
-            text = res.completions[0].text
+        answers = iter(engine.generate(requests) if requests else [])
+        for s, ok, n in zip(batch, fits, sizes, strict=True):
+            if not ok:
+                records.append(
+                    {
+                        "id": s.id,
+                        "category": s.category,
+                        "output": "",
+                        "exact": False,
+                        "score": 0.0,
+                        "error": f"prompt of {n} tokens does not fit the context (engine.max_model_len {max_model_len})",
+                        "too_long": True,
+                    }
+                )
+                continue
+            text = next(answers).completions[0].text
             records.append({"id": s.id, "category": s.category, "output": text, **judge(text, s)})
         if progress:
             progress(len(batch))
     return summarise(records)
+
+
+def _prompt_tokens(tokenizer: Any, prompt: str) -> int:
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

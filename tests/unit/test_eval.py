@@ -65,3 +65,37 @@ def test_bfcl_eval_uses_bfcl_prompt_and_checker():
     assert res.accuracy["irrelevance"] == 1.0  # "[]" is no call
     assert res.accuracy["simple"] >= 0.95
     assert all(r["exact"] == r["ours_exact"] for r in res.records)
+
+
+class ContextLimitedBook(AnswerBook):
+    """Refuses a whole batch when one prompt is longer than its context, as vLLM and transformers do."""
+
+    def __init__(self, answers, tok, max_model_len):
+        super().__init__(answers)
+        self.tok, self.max_model_len = tok, max_model_len
+
+    def generate(self, requests):
+        for r in requests:
+            n = len(self.tok(r.prompt, add_special_tokens=False)["input_ids"])
+            if n >= self.max_model_len:
+                raise RuntimeError(f"prompt of {n} tokens is longer than the context")
+        return super().generate(requests)
+
+
+def test_over_long_prompts_are_wrong_answers_with_a_reason_and_the_rest_are_scored():
+    tok = _byte_tokenizer()
+    samples = generate(40, seed=1, split="heldout")
+    sizes = sorted(
+        len(tok(render_prompt(tok, s.tools, s.messages), add_special_tokens=False)["input_ids"])
+        for s in samples
+    )
+    limit = sizes[len(sizes) // 2]
+    book = ContextLimitedBook(_book(samples, tok, "compact").answers, tok, limit)
+    with pytest.raises(RuntimeError):  # without the check one long prompt loses the batch
+        evaluate_samples(samples, book, tok, batch_size=16)
+    res = evaluate_samples(samples, book, tok, batch_size=16, max_model_len=limit)
+    long = [r for r in res.records if r.get("too_long")]
+    assert res.too_long == len(long) == sum(1 for n in sizes if n >= limit) > 0
+    assert all(not r["exact"] and "max_model_len" in r["error"] for r in long)
+    assert sum(r["exact"] for r in res.records) == 40 - len(long)  # every prompt that fits was answered
+    assert res.to_dict()["too_long"] == len(long)

@@ -1,7 +1,7 @@
 """``itool serve``: a checkpoint behind an OpenAI-compatible HTTP endpoint, as a Ray Serve application.
 
     url = start_server(model_dir, cfg)     # http://127.0.0.1:8000; returns once the replica is ready
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=cfg.serve.api_key or "none")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("ITOOL_API_KEY", "none"))
     stop_server()                          # serve.shutdown(): frees the port, leaves Ray running
 
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health`` (never needs the key).
@@ -10,7 +10,9 @@ The request <-> prompt/answer translation lives in itool_ray/serve.py; this modu
 - Bounded input: a body over ``serve.max_body_bytes`` is refused with 413 (by Content-Length before
   reading, and while reading for chunked bodies); malformed JSON and schema errors are 400 with an
   OpenAI error body; a prompt that does not fit ``engine.max_model_len`` is 400.
-- ``serve.api_key``: when set, ``Authorization: Bearer KEY`` is required (401 otherwise).
+- API key: when ``$ITOOL_API_KEY`` (``serve.api_key_env``) or the file ``serve.api_key_file`` holds one,
+  ``Authorization: Bearer KEY`` is required (401 otherwise). The key lives in memory only: never in the
+  config, never on disk; an empty one is refused at start.
 - Overload: the replica takes ``serve.max_concurrency`` requests at once (``max_ongoing_requests``) and
   the proxy queues as many more (``max_queued_requests``); beyond that Serve answers 429 with a
   Retry-After header (``BackpressureConfig``) without reaching the replica.
@@ -26,6 +28,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,7 +38,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from itool_ray.config import Config
+from itool_ray.config import Config, ConfigError, ServeConfig
 from itool_ray.engines.base import GenerationRequest, GenerationResult
 from itool_ray.serve import (
     RequestError,
@@ -66,7 +69,7 @@ def _error(err: RequestError) -> JSONResponse:
 class ChatServer:
     """One engine replica behind the OpenAI routes."""
 
-    def __init__(self, model_dir: str, cfg: Config):
+    def __init__(self, model_dir: str, cfg: Config, api_key: str | None):
         from transformers import AutoTokenizer
 
         from actors.replica import cpu_engine_config
@@ -74,6 +77,7 @@ class ChatServer:
         from itool_ray.prompts import end_of_turn
 
         self.cfg = cfg
+        self.api_key = api_key
         self.model_id = model_dir
         self.created = int(time.time())
         engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
@@ -137,7 +141,7 @@ class ChatServer:
         return await loop.run_in_executor(self.executor, self.engine.generate, requests)
 
     def _auth_error(self, request: Request) -> RequestError | None:
-        key = self.cfg.serve.api_key
+        key = self.api_key
         if key is None:
             return None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -183,6 +187,28 @@ def deployment_options(cfg: Config) -> dict[str, Any]:
     }
 
 
+def resolve_api_key(scfg: ServeConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key clients must send, from ``serve.api_key_file`` or ``$<serve.api_key_env>``; None = no auth.
+    A key that is set but empty is refused: serving without auth must never be an accident."""
+    environ = os.environ if environ is None else environ
+    if scfg.api_key_file:
+        try:
+            key = open(os.path.expanduser(scfg.api_key_file)).read().strip()
+        except OSError as e:
+            raise ConfigError(f"serve.api_key_file {scfg.api_key_file}: {e.strerror or e}") from None
+        if not key:
+            raise ConfigError(f"serve.api_key_file {scfg.api_key_file} is empty: put the API key in it")
+        return key
+    if scfg.api_key_env in environ:
+        key = environ[scfg.api_key_env].strip()
+        if not key:
+            raise ConfigError(
+                f"${scfg.api_key_env} is set but empty: set the API key, or unset it to serve without one"
+            )
+        return key
+    return None
+
+
 def start_server(model_dir: str, cfg: Config) -> str:
     """Deploy ``model_dir`` on Serve at ``cfg.serve.host:port`` and return the base URL once it is ready.
 
@@ -191,11 +217,12 @@ def start_server(model_dir: str, cfg: Config) -> str:
     """
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
+    api_key = resolve_api_key(cfg.serve)
     if not ray.is_initialized():
         ray.init()
     host, port = cfg.serve.host, cfg.serve.port
     serve.start(http_options={"host": host, "port": port})
-    app = ChatServer.options(**deployment_options(cfg)).bind(os.path.abspath(model_dir), cfg)
+    app = ChatServer.options(**deployment_options(cfg)).bind(os.path.abspath(model_dir), cfg, api_key)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as e:  # Serve's own message names the deployment only: add the replica's error

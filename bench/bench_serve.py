@@ -54,11 +54,12 @@ def main() -> int:
     from itool_ray.models import resolve_model
 
     key = "bench-key"
+    os.environ["ITOOL_API_KEY"] = key  # start_server reads the key from the environment
     cfg = load_config(
         "tiny" if a.model == "tiny" else "quickstart",
         {
             "engine": {"kind": a.engine},
-            "serve": {"port": _free_port(), "api_key": key, "max_concurrency": a.concurrency},
+            "serve": {"port": _free_port(), "max_concurrency": a.concurrency},
         },
     )
     model_dir = resolve_model(a.model, data_dir=cfg.run.data_dir)

@@ -194,7 +194,10 @@ class EvalConfig(_Section):
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = None
+    # The API key is never part of the config (configs are written into run directories): it is read from
+    # this environment variable, or from the file api_key_file names; set neither to serve without a key.
+    api_key_env: str = "ITOOL_API_KEY"
+    api_key_file: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_concurrency: int = Field(16, ge=1)
 

@@ -142,18 +142,23 @@ class ChatMessage(_Model):
         return self.content or ""
 
 
+MAX_TOKENS_LIMIT = 1 << 20
+
+
 class ChatCompletionRequest(_Model):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    # Every number bounded: a value an engine cannot take (a seed beyond 64 bits) would fail the whole
+    # batch it was served in, other clients' requests included.
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool | None = None
     logprobs: bool | None = None
 

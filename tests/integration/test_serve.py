@@ -9,6 +9,7 @@ model text in tests/unit/test_serve_translate.py.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,13 +46,16 @@ def server(ray_session, tiny_model_dir):
             "serve": {
                 "host": "127.0.0.1",
                 "port": PORT,
-                "api_key": API_KEY,
                 "max_body_bytes": MAX_BODY,
                 "max_concurrency": 1,
             },
         },
     )
-    url = start_server(tiny_model_dir, cfg)
+    os.environ["ITOOL_API_KEY"] = API_KEY  # the key comes from the environment, never from the config
+    try:
+        url = start_server(tiny_model_dir, cfg)
+    finally:
+        del os.environ["ITOOL_API_KEY"]
     yield url
     stop_server()
 

@@ -187,6 +187,9 @@ def test_a_valid_request_parses():
         (request(tool_choice="required"), "tool_choice 'required' is not supported"),
         (request(tool_choice={"type": "function", "function": {"name": "get_weather"}}), "a named tool"),
         (request(max_tokens=0), "max_tokens"),
+        (request(max_tokens=10**15), "max_tokens"),
+        (request(seed=2**64), "seed"),
+        (request(seed=-1), "seed"),
         (request(temperature=-1), "temperature"),
         (request(messages=[{"role": "robot", "content": "hi"}]), "messages.0.role"),
         (request(messages=[{"role": "user"}]), "a 'user' message needs content"),
@@ -302,3 +305,26 @@ def test_generation_request_defaults_to_greedy_and_stops_at_end_of_turn():
         parse_request(request(max_completion_tokens=7, temperature=1.2)), "P", stop=[], default_max_tokens=96
     )
     assert (gen.max_tokens, gen.temperature) == (7, 1.2)
+
+
+# ---------------------------------------------------------------------------------- the API key
+def test_api_key_comes_from_the_environment_or_a_file_and_never_from_the_config(tmp_path):
+    from actors.serve_app import resolve_api_key
+    from itool_ray.config import ConfigError, ServeConfig, load_config
+
+    assert resolve_api_key(ServeConfig(), {}) is None  # no key: no auth
+    assert resolve_api_key(ServeConfig(), {"ITOOL_API_KEY": " k1 \n"}) == "k1"
+    with pytest.raises(ConfigError, match="empty"):
+        resolve_api_key(ServeConfig(), {"ITOOL_API_KEY": "  "})
+    f = tmp_path / "key"
+    f.write_text("k2\n")
+    assert resolve_api_key(ServeConfig(api_key_file=str(f)), {"ITOOL_API_KEY": "k1"}) == "k2"
+    f.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        resolve_api_key(ServeConfig(api_key_file=str(f)), {})
+    with pytest.raises(ConfigError, match="api_key_file"):
+        resolve_api_key(ServeConfig(api_key_file=str(tmp_path / "nope")), {})
+    # The key itself cannot be put in a config, so `itool run` can never write it into <run>/config.yaml.
+    with pytest.raises(ConfigError, match="serve.api_key"):
+        load_config("tiny", ["--serve.api_key", "secret"])
+    assert "secret" not in load_config("tiny").to_yaml()

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from itool_ray.engines.base import GenerationRequest
 from itool_ray.prompts import PromptError, render_prompt
-from itool_ray.toolcall import FunctionCall, ToolCallParseError, format_calls, parse
+from itool_ray.toolcall import MAX_DEPTH, FunctionCall, ToolCallParseError, format_calls, parse
 
 MAX_STOP_STRINGS = 4
 OBJECT_COMPLETION = "chat.completion"
@@ -286,6 +286,11 @@ def conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
                     ) from None
                 if not isinstance(args, dict):
                     raise RequestError(f"{where}.arguments must be a JSON object", param=f"{where}.arguments")
+                if _nesting(args) > MAX_DEPTH:
+                    raise RequestError(
+                        f"{where}.arguments is nested deeper than {MAX_DEPTH} levels",
+                        param=f"{where}.arguments",
+                    )
                 calls.append(FunctionCall(tc.function.name, args))
                 called[tc.id] = tc.function.name
             try:
@@ -302,11 +307,24 @@ def conversation(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return out
 
 
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def _json_or_text(text: str) -> Any:
+    """A tool result as JSON when it is JSON of sane depth, else as the text it is."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError):
         return text
+    return value if _nesting(value) <= MAX_DEPTH else text
 
 
 def render_request(tokenizer: Any, req: ChatCompletionRequest, *, style: str) -> str:

@@ -328,3 +328,27 @@ def test_api_key_comes_from_the_environment_or_a_file_and_never_from_the_config(
     with pytest.raises(ConfigError, match="serve.api_key"):
         load_config("tiny", ["--serve.api_key", "secret"])
     assert "secret" not in load_config("tiny").to_yaml()
+
+
+def test_deeply_nested_history_is_a_400_or_plain_text_never_a_crash():
+    from itool_ray.models import _byte_tokenizer
+
+    deep = "[" * 900 + "]" * 900
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
+
+    def history(arguments: str, result: str) -> bytes:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        messages = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": result},
+        ]
+        return json.dumps({"messages": messages, "tools": tools}).encode()
+
+    with pytest.raises(RequestError) as e:
+        conversation(parse_request(history('{"a": ' + deep + "}", "ok")).messages)
+    assert e.value.status == 400 and "nested deeper" in e.value.message
+    req = parse_request(history('{"a": 1}', deep))  # a deep tool result stays text
+    assert "[[[" in render_request(_byte_tokenizer(), req, style="compact")

@@ -78,7 +78,7 @@ class ChatServer:
 
         self.cfg = cfg
         self.api_key = api_key
-        self.model_id = model_dir
+        self.model_id = cfg.serve.model_name  # clients see this name, never the checkpoint's path
         self.created = int(time.time())
         engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
         self.engine = make_engine(
@@ -122,9 +122,9 @@ class ChatServer:
             return _error(e)
         try:
             result = await self._generate(gen)
-        except Exception as e:  # an engine failure must not take the server down; say what failed
+        except Exception:  # an engine failure must not take the server down; its details go to the log
             log.exception("generation failed")
-            body = error_body(f"generation failed: {type(e).__name__}: {e}", type="server_error")
+            body = error_body("generation failed; the server log has the details", type="server_error")
             return JSONResponse(body, status_code=500)
         completion = result.completions[0]
         out = translate_output(

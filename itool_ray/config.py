@@ -196,6 +196,7 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     # The API key is never part of the config (configs are written into run directories): it is read from
     # this environment variable, or from the file api_key_file names; set neither to serve without a key.
+    model_name: str = Field("itool-ray", min_length=1)  # the model id clients see (/v1/models, responses)
     api_key_env: str = "ITOOL_API_KEY"
     api_key_file: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1024)

@@ -81,7 +81,9 @@ def test_health_and_models(server, client):
 
     assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
     models = client.models.list()
-    assert [m.id for m in models.data] and models.data[0].object == "model"
+    assert [m.id for m in models.data] == ["itool-ray"] and models.data[0].object == "model"
+    resp = client.chat.completions.create(model="x", messages=USER, max_tokens=4)
+    assert resp.model == "itool-ray"  # the served name: the checkpoint's path never reaches a client
 
 
 def test_tool_request_gets_a_well_formed_response(client):

@@ -162,9 +162,12 @@ def test_a_prompt_longer_than_the_context_is_400(server):
 def test_overload_is_429_not_a_crash(server):
     body = json.dumps({"messages": USER, "tools": TOOLS, "max_tokens": 300, "temperature": 1.0}).encode()
     with ThreadPoolExecutor(8) as pool:
-        codes = sorted(r.status_code for r in pool.map(lambda _: post(server, body), range(8)))
+        answers = list(pool.map(lambda _: post(server, body), range(8)))
+    codes = sorted(r.status_code for r in answers)
     # max_concurrency=1: one request runs, one waits in Serve's queue, the rest are turned away.
     assert set(codes) <= {200, 429} and codes.count(200) >= 1 and 429 in codes, codes
+    # A turned-away client is told when to come back.
+    assert all(float(r.headers["Retry-After"]) > 0 for r in answers if r.status_code == 429)
 
 
 def _load(server, clients: int, seconds: float) -> dict:

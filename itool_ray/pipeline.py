@@ -339,15 +339,39 @@ def stage_eval_base(ctx: Context) -> None:
     _evaluate(ctx, "eval_base", ctx.base_model(), "evals/base.json")
 
 
+def stage_difficulty(ctx: Context) -> None:
+    """The paper's difficulty (``warmup.bucket_by: perplexity``): each train sample's ground-truth
+    perplexity under the base model, scored through the fleet, into ``data/difficulty.json``."""
+    from itool_ray.mining import perplexity
+    from itool_ray.prompts import end_of_turn, render_answer, render_prompt
+
+    with ctx.run.stage("difficulty") as st:
+        samples, tok = ctx.samples("train"), ctx.tokenizer()
+        eot, style = end_of_turn(tok), ctx.cfg.data.prompt_style
+        pairs = [
+            (render_prompt(tok, s.tools, s.messages, style=style), render_answer(s.answer) + eot)
+            for s in samples
+        ]
+        logprobs = ctx.pool(ctx.base_model()).score_many(pairs)
+        scores = {s.id: perplexity(lp) for s, lp in zip(samples, logprobs, strict=True)}
+        ctx.run.write_json("data/difficulty.json", scores)
+        st.outputs.append("data/difficulty.json")
+        st.summary["median_perplexity"] = sorted(scores.values())[len(scores) // 2] if scores else None
+
+
 def stage_warmup(ctx: Context) -> None:
     from itool_ray.train.sft import run_warmup
 
     with ctx.run.stage("warmup") as st:
+        scores = (
+            ctx.run.read_json("data/difficulty.json") if ctx.cfg.warmup.bucket_by == "perplexity" else None
+        )
         res = run_warmup(
             ctx.samples("train"),
             model_dir=ctx.base_model(),
             out_dir=ctx.run.url("warmup", "ckpt"),
             cfg=ctx.cfg,
+            scores=scores,
         )
         ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
@@ -558,6 +582,7 @@ def stages(cfg: Config) -> list[PlanEntry]:
         PlanEntry("data", stage_data, None),
         PlanEntry("model", stage_model, None),
         PlanEntry("eval_base", stage_eval_base, FLEET),
+        *([PlanEntry("difficulty", stage_difficulty, FLEET)] if cfg.warmup.bucket_by == "perplexity" else []),
         PlanEntry("warmup", stage_warmup, TRAIN),
         PlanEntry("eval_warmup", stage_eval_warmup, FLEET),
     ]

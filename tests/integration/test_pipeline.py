@@ -281,3 +281,25 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     # What the stages loaded came from the bucket into the node cache, not from the driver's model build.
     cached = {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")}
     assert {"base", "ckpt"} <= cached
+
+
+def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up(
+    tmp_path, data_dir, ray_session
+):
+    cfg = _cfg(tmp_path, data_dir, "ppl")
+    cfg.warmup.bucket_by = "perplexity"
+    run = run_pipeline(cfg, until="warmup")
+    run_dir = Path(run.root)
+    st = _manifest(run_dir)["stages"]
+    assert [n for n in st] == ["data", "model", "eval_base", "difficulty", "warmup"]
+    scores = json.loads((run_dir / "data" / "difficulty.json").read_text())
+    train = [json.loads(line)["id"] for line in (run_dir / "data" / "train.jsonl").read_text().splitlines()]
+    assert sorted(scores) == sorted(train) and all(v >= 1.0 for v in scores.values())
+    metrics = json.loads((run_dir / "warmup" / "ckpt" / "metrics.json").read_text())["summary"]
+    assert metrics["bucket_by"] == "perplexity" and [p["name"] for p in metrics["phases"]] == [
+        "easy",
+        "medium",
+        "hard",
+    ]
+    # The difficulty stage used the fleet eval_base had started: no second start for the base model.
+    assert [e["event"] for e in _manifest(run_dir)["fleet"]].count("start") == 1

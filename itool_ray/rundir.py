@@ -96,14 +96,26 @@ class RunDir:
             ) from None
 
     def stage_done(self, name: str) -> bool:
-        """Done = recorded as done and every recorded output still there with the same checksum."""
+        """Done = recorded as done and every recorded output still there, unchanged. Outputs are hashed
+        once, when the stage ends; later checks compare their listing (names, sizes, modification times or
+        ETags), which costs no reading: an 8B checkpoint is not re-hashed on every run."""
         entry = self.manifest()["stages"].get(name)
         if not entry or entry.get("status") != "done":
             return False
+        listings = entry.get("listings", {})
         for rel, digest in entry.get("checksums", {}).items():
-            if not self.exists(rel) or self.checksum(rel) != digest:
+            if not self.exists(rel):
+                return False
+            if rel in listings:
+                if self.listing_key(rel) != listings[rel]:
+                    return False
+            elif self.checksum(rel) != digest:  # a manifest written before listings were recorded
                 return False
         return True
+
+    def listing_key(self, rel: str) -> str:
+        """A digest of an output's listing: changes when a file under it is added, removed or rewritten."""
+        return hashlib.sha256(json.dumps(storage.listing(self.url(rel))).encode()).hexdigest()
 
     def _update_stage(self, name: str, **fields: Any) -> None:
         m = self.manifest()
@@ -144,11 +156,13 @@ class RunDir:
                 log.error("could not record the failure of %s: %s", name, record_error)
             raise
         checksums = {rel: self.checksum(rel) for rel in rec.outputs}
+        listings = {rel: self.listing_key(rel) for rel in rec.outputs}
         self._update_stage(
             name,
             status="done",
             outputs=list(rec.outputs),
             checksums=checksums,
+            listings=listings,
             summary=rec.summary,
             seconds=round(time.time() - start, 3),
             ended=time.time(),

@@ -639,7 +639,16 @@ def run_pipeline(
     if until is not None:
         plan = plan[: names.index(until) + 1]
         if redo:
-            run.forget_from([until])
+            # Every later stage consumed what this one is about to replace: it is redone too, on the next run.
+            later = [n for n in names[names.index(until) + 1 :] if run.stage_done(n)]
+            if later:
+                log.warning(
+                    "redoing %s: %d later stage(s) built on it will be redone too: %s",
+                    until,
+                    len(later),
+                    ", ".join(later),
+                )
+            run.forget_from(names[names.index(until) :])
     ctx = Context(cfg, run)
     init_ray()
     t0 = time.time()

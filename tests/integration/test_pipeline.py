@@ -71,6 +71,19 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
         n: s["ended"] for n, s in manifest["stages"].items()
     }
 
+    # `itool iterate --stage search` redoes the search; everything built on the old trees is forgotten, and
+    # the next run rebuilds it (pairs, training, evaluations, the control, the report) and nothing before.
+    run_pipeline(cfg, until="iter_1/search", redo=True)
+    redone = _manifest(run_dir)["stages"]
+    after_search = names[names.index("iter_1/search") + 1 :]
+    assert not [n for n in after_search if n in redone], "stages built on the old trees are still recorded"
+    run_pipeline(cfg)
+    final = _manifest(run_dir)["stages"]
+    assert all(final[n]["status"] == "done" for n in names)
+    before_search = names[: names.index("iter_1/search")]
+    assert all(final[n]["ended"] == manifest["stages"][n]["ended"] for n in before_search)
+    assert all(final[n]["ended"] > manifest["stages"][n]["ended"] for n in after_search)
+
 
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):
     cfg = _cfg(tmp_path, data_dir)

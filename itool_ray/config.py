@@ -180,6 +180,10 @@ class DistributedConfig(_Section):
     offload_params: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_failures: int = Field(1, ge=0)
+    # Every training stage checkpoints into the run directory every this many optimizer steps (and the
+    # warm-up at each bucket's end); a restarted worker group or a re-run after a driver kill resumes from
+    # the last one (Ray Train keeps the newest two). 0: bucket ends only.
+    checkpoint_every_steps: int = Field(50, ge=0)
 
 
 class EvalConfig(_Section):

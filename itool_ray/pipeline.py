@@ -372,6 +372,7 @@ def stage_warmup(ctx: Context) -> None:
             out_dir=ctx.run.url("warmup", "ckpt"),
             cfg=ctx.cfg,
             scores=scores,
+            checkpoint_every_steps=ctx.cfg.distributed.checkpoint_every_steps,
         )
         ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
@@ -517,7 +518,11 @@ def stage_train(ctx: Context, k: int) -> None:
             log.warning("%s: no pairs, the policy carries over", name)
             return
         res = run_preference(
-            pairs, model_dir=_prev_policy(ctx, k), out_dir=ctx.run.url(f"iter_{k}", "ckpt"), cfg=ctx.cfg
+            pairs,
+            model_dir=_prev_policy(ctx, k),
+            out_dir=ctx.run.url(f"iter_{k}", "ckpt"),
+            cfg=ctx.cfg,
+            checkpoint_every_steps=ctx.cfg.distributed.checkpoint_every_steps,
         )
         ctx.run.write_text(f"iter_{k}/policy.txt", res.model_dir + "\n")
         st.outputs += [f"iter_{k}/policy.txt", f"iter_{k}/ckpt"]
@@ -554,6 +559,7 @@ def stage_control(ctx: Context) -> None:
             out_dir=ctx.run.url("control", "ckpt"),
             cfg=ctx.cfg,
             token_budget=budget,
+            checkpoint_every_steps=ctx.cfg.distributed.checkpoint_every_steps,
         )
         ctx.run.write_text("control/policy.txt", res.model_dir + "\n")
         st.outputs += ["control/policy.txt", "control/ckpt"]

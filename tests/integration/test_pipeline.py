@@ -316,3 +316,33 @@ def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up
     ]
     # The difficulty stage used the fleet eval_base had started: no second start for the base model.
     assert [e["event"] for e in _manifest(run_dir)["fleet"]].count("start") == 1
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_training_resumes_from_the_last_checkpoint(tmp_path, data_dir, ray_head):
+    """SIGKILL the driver while the warm-up is training, after a checkpoint; the re-run's warm-up resumes
+    from it instead of starting over."""
+    args = _driver_args(tmp_path, data_dir, "midtrain")
+    args += ["--distributed.checkpoint_every_steps", "1", "--warmup.epochs", "4", "--run.iterations", "0"]
+    run_dir = tmp_path / "midtrain"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        args, env=_driver_env(ray_head), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    train_dir = run_dir / "warmup" / "ckpt" / "train_state" / "train"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(train_dir.glob("checkpoint_*"))) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the driver ended first:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _manifest(run_dir)["stages"]["warmup"]["status"] == "running"
+
+    rerun = subprocess.run(
+        args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=900
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    metrics = json.loads((run_dir / "warmup" / "ckpt" / "metrics.json").read_text())["summary"]
+    assert metrics["resumed_from_step"] and metrics["resumed_from_step"] >= 1, metrics

@@ -174,7 +174,10 @@ def _write_parquet(rows: list[dict[str, Any]], out_path: str) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows, schema=arrow_schema())
-    storage.write_atomic(out_path, lambda f: pq.write_table(table, f))
+    try:
+        storage.write_atomic(out_path, lambda f: pq.write_table(table, f))
+    except OSError as e:  # a full disk: the same one line as every other write, nothing partial left
+        raise MiningError(f"cannot write {out_path}: {e.strerror or e}") from None
 
 
 def read_mined(path: str) -> list[dict[str, Any]]:

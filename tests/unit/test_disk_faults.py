@@ -110,3 +110,26 @@ def test_read_only_run_directory_names_the_file(tmp_path):
             run.write_json("manifest.json", {})
     finally:
         os.chmod(tmp_path / "run", 0o700)
+
+
+def test_mining_output_on_a_full_disk_names_the_path_and_leaves_nothing_partial(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os
+        from itool_ray.mining_stage import MiningError, _write_parquet
+        rows = [dict(id=str(i), category="simple", difficulty="easy", has_call=True, greedy_text="",
+                     greedy_score=0.0, greedy_exact=False, sampled_texts=[], sampled_scores=[], sampled_exact=[],
+                     gt_tokens=1, gt_logprob=-1.0, gt_perplexity=1.0, wrong=True, hard=False, deficient=True,
+                     reason="wrong", sample=os.urandom(1000).hex()) for i in range(200)]
+        try:
+            _write_parquet(rows, {str(tmp_path / "iter_1" / "deficient.parquet")!r})
+        except MiningError as e:
+            print("ERROR", e)
+        """
+    )
+    proc = _run_limited([sys.executable, "-c", script], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"ERROR cannot write {tmp_path / 'iter_1' / 'deficient.parquet'}: File too large" in proc.stdout, (
+        proc.stdout
+    )
+    assert not list((tmp_path / "iter_1").iterdir()), "a partial file was left behind"

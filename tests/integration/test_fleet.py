@@ -50,3 +50,36 @@ def test_close_leaves_no_engine_process_with_vllm_out_of_process(ray_session, ti
     while ray_session.available_resources().get("CPU", 0) < before:
         assert time.time() < deadline, "the replica's CPUs were not freed"
         time.sleep(0.5)
+
+
+def test_vllm_replica_killed_mid_generation_is_restarted_and_the_batch_is_served(ray_session, tiny_model_dir):
+    """The quickstart's engine (vLLM, in-process) inside a replica actor: the actor dies mid-batch; Ray
+    restarts it, the pool retries the batch on it, and the restarted replica serves at the pool's version."""
+    import threading
+
+    from actors.pool import ReplicaPool
+    from itool_ray.engines import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM is not installed")
+    engine = EngineConfig(kind="vllm", cpu_threads=1, max_model_len=512, kv_cache_memory_bytes=64 << 20)
+    replicas = ReplicaConfig(num_replicas=1, num_cpus=1, max_restarts=2, max_request_retries=2)
+    pool = ReplicaPool(tiny_model_dir, engine, replicas, ready_timeout_s=300)
+    try:
+        requests = [GenerationRequest(f"city {i}", n=2, max_tokens=64, temperature=1.0) for i in range(16)]
+        out: dict = {}
+        worker = threading.Thread(target=lambda: out.setdefault("results", pool.generate(requests)))
+        worker.start()
+        victim = pool.replicas[0]
+        deadline = time.time() + 120
+        while ray_session.get(victim.handle.stats.remote())["in_flight"] == 0:
+            assert time.time() < deadline, "the replica never received the batch"
+            time.sleep(0.02)
+        ray_session.kill(victim.handle, no_restart=False)
+        worker.join(timeout=300)
+        results = out["results"]
+        assert len(results) == 16 and all(len(r.completions) == 2 for r in results)
+        assert victim.failures == 1
+        assert pool.health()["ok"]
+    finally:
+        pool.close()

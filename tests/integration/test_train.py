@@ -237,6 +237,25 @@ def test_dpo_learns_to_prefer_the_chosen_argument_value(tiny_model_dir, data_dir
     assert_plain_hf_dir(result.model_dir)
 
 
+def test_bf16_autocast_training_learns_like_fp32(tiny_model_dir, data_dir, tmp_path):
+    """The quickstart trains with bf16 autocast (fp32 master weights): DPO still learns the preferred value,
+    the step log says bf16, and the checkpoint is a plain fp32-loadable HF directory."""
+    model, tok = load(tiny_model_dir)
+    prompts = [pair_texts(p, tok)["prompt"] for p in PAIRS]
+    cfg = tiny_cfg(
+        data_dir,
+        train={"loss": "sigmoid", "lr": 3e-3, "batch_size": 4, "epochs": 3},
+        distributed={"precision": "bf16"},
+    )
+    result = run_preference(PAIRS, model_dir=tiny_model_dir, out_dir=str(tmp_path / "dpo-bf16"), cfg=cfg)
+    assert result.summary["precision"] == "bf16"
+    before, after = margins(tiny_model_dir), margins(result.model_dir)
+    assert all(a > b + 1.0 for a, b in zip(after, before, strict=True)), (before, after)
+    trained, trained_tok = load(result.model_dir)
+    assert all(greedy(trained, trained_tok, p).startswith("celsius") for p in prompts)
+    assert_plain_hf_dir(result.model_dir)
+
+
 def test_simpo_trains_without_a_reference_model(tiny_model_dir, data_dir, tmp_path):
     cfg = tiny_cfg(
         data_dir,

@@ -101,7 +101,7 @@ def run_mining(
 
     t0 = time.perf_counter()
     samples = read_samples(samples_path).materialize()
-    ids = [row["id"] for row in samples.select_columns(["id"]).take_all()]
+    ids = [row["id"] for row in samples.select_columns(["id"], num_cpus=0).take_all()]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise MiningError(f"mining input {samples_path}: duplicate sample ids {dupes}: ids must be unique")

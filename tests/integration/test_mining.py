@@ -108,3 +108,38 @@ def test_killing_a_router_or_a_replica_mid_stage_loses_no_sample(
     )
     assert killed and killed[0] < N, "the actor was not killed mid-stage"
     _check_output(read_mined(str(out)), summary, samples)
+
+
+def test_mining_finishes_when_the_fleet_holds_every_cpu(ray_session, tiny_model_dir, samples, cfg, tmp_path):
+    """As in the quickstart (one replica on both cores): every Ray Data operator of the stage asks for no CPU,
+    so none waits forever behind the fleet."""
+    import threading
+
+    from actors.pool import ReplicaPool
+
+    total = int(ray_session.cluster_resources()["CPU"])
+    whole = cfg.model_copy(update={"replicas": cfg.replicas.model_copy(update={"num_cpus": total})})
+    pool = ReplicaPool.from_config(whole, tiny_model_dir)
+    try:
+        src = tmp_path / "train.jsonl"
+        write_samples(samples, str(src))
+        out: dict = {}
+        run = threading.Thread(
+            target=lambda: out.setdefault(
+                "summary",
+                run_mining(
+                    str(src),
+                    fleet=pool,
+                    model_dir=tiny_model_dir,
+                    out_path=str(tmp_path / "m.parquet"),
+                    cfg=whole,
+                ),
+            ),
+            daemon=True,
+        )
+        run.start()
+        run.join(timeout=300)
+        assert "summary" in out, "mining waited for CPUs the fleet holds"
+        assert out["summary"]["n"] == N
+    finally:
+        pool.close()

@@ -100,8 +100,15 @@ def run_mining(
     from actors.mining import MiningScorer
 
     t0 = time.perf_counter()
-    samples = read_samples(samples_path).materialize()
-    ids = [row["id"] for row in samples.select_columns(["id"], num_cpus=0).take_all()]
+    # The input's order is the output's (the rows are sorted back into it below): read with order kept,
+    # since blocks read by concurrent tasks otherwise arrive in whatever order the tasks finish.
+    options = ray.data.DataContext.get_current().execution_options
+    keep_order, options.preserve_order = options.preserve_order, True
+    try:
+        samples = read_samples(samples_path).materialize()
+        ids = [row["id"] for row in samples.select_columns(["id"], num_cpus=0).take_all()]
+    finally:
+        options.preserve_order = keep_order
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise MiningError(f"mining input {samples_path}: duplicate sample ids {dupes}: ids must be unique")

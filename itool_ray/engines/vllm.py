@@ -67,9 +67,9 @@ def cpu_env(cfg: EngineConfig) -> dict[str, str]:
         "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT") or _default_cache_root(),
         "OMP_NUM_THREADS": str(cfg.cpu_threads),
     }
-    if cfg.in_process:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    else:
+    # Explicit both ways: a process may inherit the other setting from the one that started it.
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
+    if not cfg.in_process:
         # The engine-core process would otherwise keep a core for the scheduler and bind the worker's
         # threads to the rest: give the worker cpu_threads of the cores this process may use.
         cores = sorted(os.sched_getaffinity(0))[: cfg.cpu_threads]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
@@ -77,36 +79,40 @@ def test_mining_writes_every_score_and_a_summary(fleet, tiny_model_dir, samples,
     assert stats["requests"] == 2 * N and stats["scored"] == N
 
 
-def _kill_first(ray_session, match: str, killed: list[int], done: int) -> None:
+def _kill_mid_batch(ray_session, fleet, match: str, killed: list[str], stop: threading.Event) -> None:
+    """Once the fleet's replica is working on a batch, SIGKILL the first live actor whose class matches."""
     from ray.util.state import list_actors
 
-    if killed:
-        return
-    address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
-    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
-    targets = [a for a in alive if match in a.class_name]
-    assert targets, f"no {match} among {[a.class_name for a in alive]}"
-    os.kill(targets[0].pid, signal.SIGKILL)
-    killed.append(done)
+    replica = fleet.replicas[0].handle
+    while not stop.is_set():
+        if ray_session.get(replica.stats.remote())["in_flight"] > 0:
+            address = ray_session.get_runtime_context().gcs_address  # other Ray instances may run here
+            alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+            targets = [a for a in alive if match in a.class_name]
+            if targets:
+                os.kill(targets[0].pid, signal.SIGKILL)
+                killed.append(targets[0].class_name)
+                return
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("victim", ["MapWorker", "PolicyReplica"])
-def test_killing_a_router_or_a_replica_mid_stage_loses_no_sample(
+def test_killing_a_router_or_a_replica_mid_batch_loses_no_sample(
     ray_session, fleet, tiny_model_dir, samples, cfg, tmp_path, victim
 ):
     src = tmp_path / "train.jsonl"
     write_samples(samples, str(src))
-    killed: list[int] = []
-    out = tmp_path / "mined.parquet"
-    summary = run_mining(
-        str(src),
-        fleet=fleet,
-        model_dir=tiny_model_dir,
-        out_path=str(out),
-        cfg=cfg,
-        on_batch=lambda done, total: _kill_first(ray_session, victim, killed, done),
-    )
-    assert killed and killed[0] < N, "the actor was not killed mid-stage"
+    killed: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_mid_batch, args=(ray_session, fleet, victim, killed, stop))
+    watcher.start()
+    try:
+        out = tmp_path / "mined.parquet"
+        summary = run_mining(str(src), fleet=fleet, model_dir=tiny_model_dir, out_path=str(out), cfg=cfg)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, f"no {victim} was killed while a batch was in flight"
     _check_output(read_mined(str(out)), summary, samples)
 
 

@@ -138,6 +138,11 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def _copy_into(src: Path, f: IO[bytes]) -> None:
+    with open(src, "rb") as fh:
+        shutil.copyfileobj(fh, f)
+
+
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy the files of ``local_dir`` into ``uri`` (files already there with other names are kept)."""
     if is_local(uri):
@@ -145,7 +150,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
         for src in sorted(Path(local_dir).rglob("*")):
             if src.is_file():
                 dst = os.path.join(target, str(src.relative_to(local_dir)))
-                write_local_atomic(dst, lambda f, src=src: shutil.copyfileobj(open(src, "rb"), f))
+                write_local_atomic(dst, lambda f, src=src: _copy_into(src, f))
         return
     fs, path = filesystem(uri)
     for src in sorted(Path(local_dir).rglob("*")):

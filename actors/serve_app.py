@@ -69,12 +69,15 @@ def _error(err: RequestError) -> JSONResponse:
 class ChatServer:
     """One engine replica behind the OpenAI routes."""
 
-    def __init__(self, model_dir: str, cfg: Config, api_key: str | None):
+    def __init__(self, model: str, cfg: Config, api_key: str | None):
         from transformers import AutoTokenizer
 
         from actors.replica import cpu_engine_config
         from itool_ray.engines import make_engine
         from itool_ray.prompts import end_of_turn
+        from itool_ray.storage import local_copy
+
+        model_dir = local_copy(model)  # a run directory's checkpoint on object storage: this node's copy
 
         self.cfg = cfg
         self.api_key = api_key
@@ -89,7 +92,7 @@ class ChatServer:
         # One thread for the engine: generation is serialised and always runs on the same thread.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._generate.set_max_batch_size(cfg.serve.max_concurrency)
-        log.info("serving %s (engine %s)", model_dir, engine_cfg.kind)
+        log.info("serving %s (engine %s)", model, engine_cfg.kind)
 
     # ---------------------------------------------------------------------------------------- routes
     @api.get("/health")
@@ -209,20 +212,21 @@ def resolve_api_key(scfg: ServeConfig, environ: Mapping[str, str] | None = None)
     return None
 
 
-def start_server(model_dir: str, cfg: Config) -> str:
-    """Deploy ``model_dir`` on Serve at ``cfg.serve.host:port`` and return the base URL once it is ready.
+def start_server(model: str, cfg: Config) -> str:
+    """Deploy ``model`` on Serve at ``cfg.serve.host:port`` and return the base URL once it is ready.
 
-    Joins the running Ray cluster (or starts a local one). Serve's HTTP address is fixed when Serve
-    first starts in a cluster: stop_server() before serving on another port.
+    ``model`` is what ``resolve_model`` returns: a local directory, a checkpoint URI on object storage or
+    a hub id. Joins the running Ray cluster (or starts a local one). Serve's HTTP address is fixed when
+    Serve first starts in a cluster: stop_server() before serving on another port.
     """
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
+    if os.path.isdir(model):
+        model = os.path.abspath(model)  # the replica's working directory is not ours
     api_key = resolve_api_key(cfg.serve)
     if not ray.is_initialized():
         ray.init()
     host, port = cfg.serve.host, cfg.serve.port
     serve.start(http_options={"host": host, "port": port})
-    app = ChatServer.options(**deployment_options(cfg)).bind(os.path.abspath(model_dir), cfg, api_key)
+    app = ChatServer.options(**deployment_options(cfg)).bind(model, cfg, api_key)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as e:  # Serve's own message names the deployment only: add the replica's error
@@ -247,10 +251,10 @@ def stop_server() -> None:
     serve.shutdown()
 
 
-def serve_forever(model_dir: str, cfg: Config) -> None:
+def serve_forever(model: str, cfg: Config) -> None:
     """``itool serve``: start, print the URL, block until interrupted, then shut Serve down."""
-    url = start_server(model_dir, cfg)
-    print(f"serving {model_dir} at {url}/v1 (OpenAI-compatible; Ctrl-C to stop)", flush=True)
+    url = start_server(model, cfg)
+    print(f"serving {model} at {url}/v1 (OpenAI-compatible; Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -7,9 +7,10 @@ Config-driven subcommands take ``--config PRESET_OR_FILE`` plus dotted overrides
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 
+from itool_ray import logs
 from itool_ray.config import PRESETS, Config, ConfigError, load_config
 
 EXIT_USAGE = 2  # bad config, bad input, bad flags
@@ -31,7 +32,12 @@ def _config_parent() -> argparse.ArgumentParser:
 def _parser() -> argparse.ArgumentParser:
     cfgp = _config_parent()
     p = argparse.ArgumentParser(prog="itool", description="iTool on Ray: make LLMs better at tool use.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="library logs on the console too (they always go to <run>/logs/itool.log)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser(
@@ -60,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser(
         "serve", parents=[cfgp], help="OpenAI-compatible endpoint for a checkpoint (Ray Serve)"
     )
-    sv.add_argument("--model", required=True)
+    sv.add_argument(
+        "--model", required=True, help="checkpoint directory, a run's checkpoint URI, or a hub id"
+    )
 
     data = sub.add_parser("data", help="synthesise, check and convert tool-use data")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -135,6 +143,10 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
 
     model_dir = resolve_model(args.model, data_dir=cfg.run.data_dir)
     tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
+    if not logs.verbose():
+        # An in-process vLLM logs through our root logger (its INFO lines, the engine configuration among
+        # them, stay off the console) instead of installing its own console handler.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     engine = make_engine(cfg.engine.kind, model_dir, cfg.engine, dtype=cfg.model.dtype, seed=cfg.run.seed)
     try:
         if args.data.startswith("bfcl:"):
@@ -191,11 +203,7 @@ def _cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logs.setup_console(args.verbose)
     from itool_ray.data.io import DatasetError
     from itool_ray.models import ModelError
     from itool_ray.pipeline import PlanError, StageFailed

@@ -18,6 +18,7 @@ logged and recorded in ``manifest.json`` (``fleet``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from itool_ray import logs, storage
 from itool_ray.config import Config
-from itool_ray.rundir import RunDir
+from itool_ray.rundir import RunDir, RunDirError
 
 log = logging.getLogger("itool")
 
@@ -445,9 +447,20 @@ def stage_search(ctx: Context, k: int) -> None:
         stats: dict[str, Any] = {"trees_total": 0}
         if tasks:
             pool = ctx.pool(_prev_policy(ctx, k))
-            bar = _bar(len(tasks), f"{name}: trees")
+            # Trees advance together: the bar counts simulations, so its rate and ETA mean something
+            # from the first wave on; the postfix counts finished trees.
+            bar = _bar(len(tasks) * ctx.cfg.mcts.simulations, f"{name}: simulations")
+            trees_finished = [0]
+
+            def tree_done(tree: Any) -> None:
+                trees_finished[0] += 1
+                bar.set_postfix_str(f"trees {trees_finished[0]}/{len(tasks)}", refresh=False)
+
+            def work(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
             try:
-                result = run_search(tasks, pool.generate, ctx.cfg.mcts, progress=lambda tree: bar.update(1))
+                result = run_search(tasks, pool.generate, ctx.cfg.mcts, progress=tree_done, on_work=work)
             finally:
                 bar.close()
             lines = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.trees]
@@ -612,10 +625,29 @@ def init_ray() -> None:
     """Join the cluster a job was submitted to (RAY_ADDRESS), or start a local one."""
     import ray
 
+    logs.quiet_library_loggers()
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS")
         )  # worker output (training progress) reaches the driver
+    _route_worker_output()
+
+
+def _route_worker_output() -> None:
+    """Worker output reaches the driver's console through Ray's printer: put the log filter in front of it
+    (library output goes to the log file only). Ray's and Ray Data's loggers use the driver's handlers, and
+    Ray Data draws no progress bars of its own (the stages draw theirs)."""
+    import ray.data
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    logs.quiet_library_loggers()
+    if not logs.verbose():
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    handlers = dict(dispatcher.handlers)
+    if "itool_print_logs" in handlers or "ray_print_logs" not in handlers:
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("itool_print_logs", logs.route_worker_lines(handlers["ray_print_logs"]))
 
 
 def run_pipeline(
@@ -632,6 +664,50 @@ def run_pipeline(
             f"(stages: {', '.join(names)})"
         )
     run = RunDir(cfg.run.dir)
+    log_file = _open_log_file(run)
+    try:
+        return _run_plan(cfg, run, plan, names, restart_from=restart_from, until=until, redo=redo)
+    finally:
+        _close_log_file(run, log_file)
+
+
+LOG_FILE = "logs/itool.log"
+
+
+def _open_log_file(run: RunDir) -> str:
+    """Every log record and every worker line of this run goes to ``<run>/logs/itool.log`` (appended across
+    runs). For an object-store run root the file is written on this machine and uploaded when the run ends."""
+    if run.local:
+        path = run.path(LOG_FILE)
+    else:
+        digest = hashlib.sha256(run.uri.encode()).hexdigest()[:16]
+        path = str(storage.cache_dir() / "logs" / f"{digest}.log")
+    logs.log_to_file(path)
+    where = path if run.local else f"{run.url(LOG_FILE)} (uploaded when the run ends)"
+    log.info("log file: %s (library output%s)", where, "" if logs.verbose() else "; -v shows it here too")
+    return path
+
+
+def _close_log_file(run: RunDir, path: str) -> None:
+    logs.close_log_file()
+    if not run.local:
+        try:
+            with open(path, "rb") as f:
+                run.write_bytes(LOG_FILE, f.read())
+        except (OSError, RunDirError) as e:
+            log.warning("could not upload the log file %s to %s: %s", path, run.url(LOG_FILE), e)
+
+
+def _run_plan(
+    cfg: Config,
+    run: RunDir,
+    plan: list[PlanEntry],
+    names: list[str],
+    *,
+    restart_from: str | None,
+    until: str | None,
+    redo: bool,
+) -> RunDir:
     if run.exists("config.yaml"):
         old = run.read_text("config.yaml")
         if old != cfg.to_yaml():

@@ -18,6 +18,7 @@ never handles secrets. Object-store drivers are the ``cloud`` extra (``pip insta
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -159,19 +160,46 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def publish_dir(local_dir: str, uri: str) -> None:
-    """Move a finished local directory's files into ``uri``: renamed when ``uri`` is local (one node or a
-    shared filesystem), uploaded when remote. The source is consumed."""
-    if is_local(uri):
-        target = Path(local_path(uri))
-        target.mkdir(parents=True, exist_ok=True)
-        for item in Path(local_dir).iterdir():
-            dst = target / item.name
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            shutil.move(str(item), str(dst))
-        return
-    upload_dir(local_dir, uri)
+    """Move a finished local directory's files into ``uri`` (other files already there are kept): each file
+    renamed into place when ``uri`` is on the same local filesystem, else copied under a temporary name and
+    renamed, or uploaded when remote. The source is consumed.
+
+    A failure (a full disk) is a StorageError naming ``uri`` and takes back the files this call had already
+    placed, so a reader never finds half a model."""
+    placed: list[str] = []
+    try:
+        if is_local(uri):
+            target = Path(local_path(uri))
+            for src in sorted(Path(local_dir).rglob("*")):
+                if src.is_file():
+                    dst = target / src.relative_to(local_dir)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    placed.append(str(dst))
+                    try:
+                        os.replace(src, dst)
+                    except OSError as e:
+                        if e.errno != errno.EXDEV:
+                            raise
+                        write_local_atomic(str(dst), lambda f, src=src: _copy_into(src, f))
+        else:
+            fs, path = filesystem(uri)
+            for src in sorted(Path(local_dir).rglob("*")):
+                if src.is_file():
+                    placed.append(f"{path}/{src.relative_to(local_dir).as_posix()}")
+                    fs.put_file(str(src), placed[-1])
+    except OSError as e:
+        _take_back(uri, placed)
+        raise StorageError(f"cannot write {uri}: {e.strerror or e}") from None
     shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _take_back(uri: str, placed: list[str]) -> None:
+    for p in placed:
+        with contextlib.suppress(OSError):
+            if is_local(uri):
+                os.unlink(p)
+            else:
+                filesystem(uri)[0].rm_file(p)
 
 
 # ------------------------------------------------------------------------------------- node-local copies

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +20,8 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The session's own offline hub cache (see tiny_hub_id), set before any Ray process or hub import.
+os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="itool-test-hub-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -66,6 +70,18 @@ def tiny_model_dir(data_dir) -> str:
     from itool_ray.models import resolve_model
 
     return resolve_model("tiny", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_id(tiny_model_dir) -> str:
+    """The tiny model under a hub id, in the session's offline hub cache the way a download leaves it."""
+    revision = "0" * 40
+    repo = Path(os.environ["HF_HUB_CACHE"]) / "models--itool-test--tiny"
+    if not (repo / "snapshots" / revision).exists():
+        shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return "itool-test/tiny"
 
 
 @pytest.fixture(scope="session")

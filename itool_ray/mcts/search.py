@@ -117,13 +117,21 @@ def run_search(
     *,
     score: ScoreFn | None = None,
     progress: Callable[[Tree], None] | None = None,
+    on_work: Callable[[int, int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
-    """Search one tree per task; ``progress(tree)`` is called once per tree when it is done or failed."""
+    """Search one tree per task; ``progress(tree)`` is called once per tree when it is done or failed.
+
+    ``on_work(done, total)`` is called after every wave with the simulations done out of all the search's
+    simulations (trees x ``cfg.simulations``): trees advance together, so counting finished trees alone
+    gives a progress (and an ETA) that stands still until the first wave of trees ends at once.
+    """
     dup = next((sid for sid, n in Counter(t.sample.id for t in tasks).items() if n > 1), None)
     if dup is not None:
         raise ValueError(f"sample id {dup!r} appears more than once in the search tasks; ids must be unique")
-    return _Search(tasks, as_generate_fn(engine), cfg, score or default_score, progress, clock).run()
+    search = _Search(tasks, as_generate_fn(engine), cfg, score or default_score, progress, clock)
+    search.on_work = on_work
+    return search.run()
 
 
 @dataclass
@@ -155,6 +163,8 @@ class _Search:
         self.stats = SearchStats(trees_total=len(tasks))
         self.results: list[Tree | None] = [None] * len(tasks)
         self.queue: deque[tuple[int, int]] = deque((i, 1) for i in range(len(tasks)))  # (index, attempt)
+        self.on_work: Callable[[int, int], None] | None = None
+        self.work_reported = 0
 
     def run(self) -> SearchResult:
         t0 = self.clock()
@@ -182,8 +192,21 @@ class _Search:
                 else:
                     still.append(lv)
             live = still
+            self._report_work(live)
         self.stats.wall_s = self.clock() - t0
         return SearchResult(trees=list(self.results), stats=self.stats)
+
+    def _report_work(self, live: list[_Live]) -> None:
+        """Simulations done so far: a finished tree counts in full, a live one by its simulations (never
+        moving backwards when a failed attempt starts over)."""
+        if self.on_work is None:
+            return
+        full = self.stats.trees_done + self.stats.trees_failed
+        done = full * self.cfg.simulations + sum(
+            min(lv.tree.simulations, self.cfg.simulations) for lv in live
+        )
+        self.work_reported = max(self.work_reported, done)
+        self.on_work(self.work_reported, len(self.tasks) * self.cfg.simulations)
 
     # -- one wave ---------------------------------------------------------------------------------
     def _select(self, lv: _Live) -> list[_Job]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from itool_ray import storage
+from itool_ray import logs, storage
 from itool_ray.config import DistributedConfig, LoraConfig
 from itool_ray.train.common import METRICS_FILE, TrainError, TrainResult
 from itool_ray.train.deepspeed import GRADIENT_CLIPPING, build_deepspeed_config, init_deepspeed_comm
@@ -228,7 +228,7 @@ def _save_dataset(rows: list[dict[str, Any]], uri: str) -> None:
 
 
 def _fit(job: TrainJob, state: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     # Ray Train patches print() in its workers to log every call, even one made while a library has swapped
@@ -258,6 +258,9 @@ def _fit(job: TrainJob, state: str) -> Any:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's own notices (worker group started, checkpoint reported) only with -v; its log
+            # files in the Ray session directory keep them all.
+            logging_config=LoggingConfig(log_level="INFO" if logs.verbose() else "WARNING"),
         ),
     )
     if d.num_workers == 0:
@@ -266,7 +269,32 @@ def _fit(job: TrainJob, state: str) -> Any:
             return trainer.fit().return_value
         finally:
             _reset_accelerate()
-    return trainer.fit().return_value
+    from ray.train import WorkerGroupError
+
+    try:
+        return trainer.fit().return_value
+    except WorkerGroupError as e:
+        expected = worker_user_error(e)
+        if expected is None:
+            raise
+        raise expected from None
+
+
+def worker_user_error(e: BaseException) -> TrainError | None:
+    """The project's own error (a TrainError, a StorageError: one line a user can act on) behind a failed
+    worker group, as a TrainError; None when a worker failed otherwise (a bug keeps its traceback)."""
+    from ray.exceptions import RayError
+
+    for failure in getattr(e, "worker_failures", {}).values():
+        cur: BaseException | None = failure
+        seen: set[int] = set()
+        while cur is not None and id(cur) not in seen:
+            seen.add(id(cur))
+            if isinstance(cur, TrainError | storage.StorageError) and not isinstance(cur, RayError):
+                return cur if isinstance(cur, TrainError) else TrainError(f"{cur}")
+            # RayTaskError keeps the original as .cause; Ray Train's user-code wrapper as ._base_exc.
+            cur = getattr(cur, "cause", None) or getattr(cur, "_base_exc", None) or cur.__cause__
+    return None
 
 
 def _reset_accelerate() -> None:
@@ -310,10 +338,7 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         )
         trainer.remove_callback(PrinterCallback)  # prints every log dict; metrics.json has them all
         trainer.train(resume_from_checkpoint=resume_dir)
-        trainer.save_model(export_dir)  # every rank: ZeRO-3 gathers shards; rank 0 writes
-        if rank == 0:
-            _finish_export(job, Path(export_dir))
-            storage.publish_dir(export_dir, job.out_dir)
+        _export(job, trainer, export_dir, rank)
         last = _numeric(next((e for e in reversed(trainer.state.log_history) if "loss" in e), {}))
         ray.train.report({**last, "step": trainer.state.global_step, "done": 1})
         if rank != 0:
@@ -415,6 +440,39 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------------- export
+def _export(job: TrainJob, trainer: Any, export_dir: str, rank: int) -> None:
+    """Save the trained model (every rank: ZeRO-3 gathers shards; rank 0 writes), finish it and publish it
+    into ``job.out_dir``. A write that fails (a full disk) is a TrainError naming what could not be written;
+    nothing partial is left in the run directory."""
+    try:
+        trainer.save_model(export_dir)
+        if rank == 0:
+            _finish_export(job, Path(export_dir))
+            storage.publish_dir(export_dir, job.out_dir)
+    except storage.StorageError as e:
+        raise TrainError(f"{job.kind}: {e}") from None
+    except Exception as e:
+        why = _write_failure(e)
+        if why is None:
+            raise
+        where = getattr(e, "filename", None) or export_dir
+        raise TrainError(
+            f"{job.kind}: cannot write the exported model to {where} (this node's scratch space): {why}"
+        ) from None
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why a write failed, for an OSError or safetensors' own error for one (its Rust I/O error); None when
+    ``e`` is not a failed write."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    from safetensors import SafetensorError
+
+    if isinstance(e, SafetensorError) and "I/O error: " in str(e):
+        return str(e).split("I/O error: ", 1)[1]
+    return None
+
+
 def _finish_export(job: TrainJob, export: Path) -> None:
     """Make rank 0's export a plain HF directory in place: LoRA merged, no trainer files, inference config."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -346,3 +346,30 @@ def test_driver_killed_mid_training_resumes_from_the_last_checkpoint(tmp_path, d
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     metrics = json.loads((run_dir / "warmup" / "ckpt" / "metrics.json").read_text())["summary"]
     assert metrics["resumed_from_step"] and metrics["resumed_from_step"] >= 1, metrics
+
+
+@pytest.mark.slow
+def test_console_keeps_the_projects_lines_and_the_log_file_keeps_the_libraries(tmp_path, data_dir, ray_head):
+    """vLLM in the replicas, Ray Train for the warm-up, Ray Data for mining: the console shows stages,
+    progress and training steps; the engine configuration, Ray Data's executor lines and the libraries'
+    warnings and progress bars are in <run>/logs/itool.log only."""
+    args = [sys.executable, str(ROOT / "jobs" / "iterate.py"), "--stage", "mine", "--iteration", "1"]
+    args += ["--config", "tiny", "--engine.kind", "vllm", "--run.root", str(tmp_path)]
+    args += ["--run.data_dir", data_dir, "--run.name", "console"]
+    proc = subprocess.run(
+        args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-4000:]
+    log_file = (tmp_path / "console" / "logs" / "itool.log").read_text()
+    for library_line in (
+        "Initializing a V1 LLM engine",  # vLLM's engine configuration, INFO
+        "libtcmalloc is not found",  # a vLLM WARNING at every engine start on CPU
+        "Starting execution of Dataset",  # Ray Data's executor
+        "Loading safetensors checkpoint shards",  # vLLM's progress bar
+    ):
+        assert library_line not in console, f"{library_line!r} reached the console"
+        assert library_line in log_file, f"{library_line!r} is not in the log file"
+    for own in ("[6/6] iter_1/mine ...", "sft: step 6/6", "fleet: 1 replica(s) started", "log file: "):
+        assert own in console, f"{own!r} is missing from the console"
+    assert len(console.splitlines()) < 60, console

@@ -35,7 +35,7 @@ USER = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tiny_model_dir):
+def server(ray_session, tiny_hub_id):
     from actors.serve_app import start_server, stop_server
     from itool_ray.config import load_config
 
@@ -53,7 +53,7 @@ def server(ray_session, tiny_model_dir):
     )
     os.environ["ITOOL_API_KEY"] = API_KEY  # the key comes from the environment, never from the config
     try:
-        url = start_server(tiny_model_dir, cfg)
+        url = start_server(tiny_hub_id, cfg)  # a hub id, resolved offline from the hub cache
     finally:
         del os.environ["ITOOL_API_KEY"]
     yield url

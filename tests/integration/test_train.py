@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -393,3 +394,65 @@ def test_in_process_mode_refuses_deepspeed(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(TrainError, match="zero_stage: 0"):
         run_preference(PAIRS, model_dir=tiny_model_dir, out_dir=str(tmp_path / "x"), cfg=cfg)
     assert not os.path.exists(tmp_path / "x" / STATE_DIR)
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+def test_a_full_disk_during_the_export_is_one_line_naming_where_and_leaves_no_model(
+    tiny_model_dir, data_dir, tmp_path
+):
+    """The child process runs DPO under RLIMIT_FSIZE (SIGXFSZ ignored): saving the weights fails in the kernel
+    with EFBIG as on a full disk. The error is a TrainError naming the scratch directory; the output
+    directory holds no model file, whole or partial."""
+    import textwrap
+
+    out = tmp_path / "dpo"
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import ray
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        from test_train import PAIRS, tiny_cfg
+        from itool_ray.train import run_preference
+        from itool_ray.train import TrainError
+        cfg = tiny_cfg({data_dir!r}, train={{"epochs": 1, "batch_size": 8}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+        try:
+            run_preference(PAIRS, model_dir={tiny_model_dir!r}, out_dir={str(out)!r}, cfg=cfg)
+        except TrainError as e:
+            print("ERROR", e)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dpo: cannot write the exported model to " in errors[0], errors[0]
+    assert "this node's scratch space): File too large" in errors[0], errors[0]
+    left = sorted(p.name for p in out.rglob("*") if p.is_file()) if out.exists() else []
+    assert not [n for n in left if n.endswith(".safetensors") or n == "config.json"], left
+
+
+def test_a_workers_own_error_reaches_the_driver_as_one_line_and_a_bug_keeps_its_traceback():
+    """With several workers Ray Train wraps what a worker raised; the driver unwraps the project's errors."""
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from itool_ray.storage import StorageError
+    from itool_ray.train import TrainError
+    from itool_ray.train.ray_train import worker_user_error
+
+    full = TrainError("dpo: cannot write the exported model to /scratch/export: No space left on device")
+    wrapped = WorkerGroupError(
+        "rank 0 failed", {1: ValueError("x"), 0: UserExceptionWithTraceback(full, "tb")}
+    )
+    assert worker_user_error(wrapped) is full
+    task = RayTaskError("fn", "traceback text", StorageError("cannot write s3://b/run/warmup: Access Denied"))
+    found = worker_user_error(WorkerGroupError("m", {0: task}))
+    assert isinstance(found, TrainError) and str(found) == "cannot write s3://b/run/warmup: Access Denied"
+    bug = WorkerGroupError("m", {0: UserExceptionWithTraceback(ValueError("a bug"), "tb")})
+    assert worker_user_error(bug) is None

@@ -133,3 +133,35 @@ def test_mining_output_on_a_full_disk_names_the_path_and_leaves_nothing_partial(
         proc.stdout
     )
     assert not list((tmp_path / "iter_1").iterdir()), "a partial file was left behind"
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a second filesystem (/dev/shm)")
+def test_publishing_a_model_across_filesystems_on_a_full_disk_leaves_no_part_of_it(tmp_path):
+    """The export is written in node scratch space (here tmpfs) and copied into the run directory on another
+    filesystem; the copy of the weights fails: the files already placed are taken back."""
+    import shutil
+    import tempfile
+
+    src = Path(tempfile.mkdtemp(prefix="itool-publish-", dir="/dev/shm"))
+    try:
+        (src / "config.json").write_text("{}")
+        (src / "tokenizer.json").write_text("{}")
+        (src / "model.safetensors").write_bytes(os.urandom(4 * LIMIT))
+        target = tmp_path / "run" / "warmup"
+        target.mkdir(parents=True)
+        (target / "metrics.json").write_text("{}")  # written before: kept
+        script = textwrap.dedent(
+            f"""
+            from itool_ray.storage import StorageError, publish_dir
+            try:
+                publish_dir({str(src)!r}, {str(target)!r})
+            except StorageError as e:
+                print("ERROR", e)
+            """
+        )
+        proc = _run_limited([sys.executable, "-c", script], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"ERROR cannot write {target}: File too large" in proc.stdout, proc.stdout
+        assert sorted(p.name for p in target.iterdir()) == ["metrics.json"]
+    finally:
+        shutil.rmtree(src, ignore_errors=True)

@@ -410,3 +410,32 @@ def test_trees_round_trip_through_json_lines():
 def test_malformed_tree_records_name_the_sample():
     with pytest.raises(ValueError, match="sample 'x'.*malformed"):
         Tree.from_dict({"sample_id": "x", "status": "done", "nodes": [{"id": 0}]})
+
+
+def test_work_progress_moves_every_wave_and_ends_at_the_total():
+    tasks, policy = weather_tasks(3)
+    reports, finished = [], []
+    run_search(
+        tasks,
+        policy.route,
+        cfg(simulations=4),
+        score=WEATHER_SCORES,
+        progress=lambda tree: finished.append(len(reports)),
+        on_work=lambda done, total: reports.append((done, total)),
+    )
+    assert {total for _, total in reports} == {3 * 4}
+    done = [d for d, _ in reports]
+    assert done == sorted(done) and done[-1] == 12
+    assert 0 < done[0] < 12  # the first wave already shows progress, before any tree has finished
+    assert finished[0] >= 1  # ... which the per-tree count alone would not
+
+
+def test_work_progress_never_moves_back_when_a_failed_attempt_restarts():
+    tasks, policy = weather_tasks(2)
+    policy.raise_on_calls = lambda i: i == 1  # the second wave fails both trees' first attempt
+    reports = []
+    result = run_search(
+        tasks, policy.route, cfg(simulations=3), score=WEATHER_SCORES, on_work=lambda d, t: reports.append(d)
+    )
+    assert result.stats.trees_retried == 2
+    assert reports == sorted(reports) and reports[-1] == 6

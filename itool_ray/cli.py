@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             return _cmd_model(args, cfg)
         if args.command in ("run", "warmup"):
-            from itool_ray.eval.report import collect_results, results_table, stage_rows
+            from itool_ray.eval.report import collect_results, intervals_table, results_table, stage_rows
             from itool_ray.pipeline import run_pipeline
 
             until = "eval_warmup" if args.command == "warmup" else None
@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("\nHeld-out accuracy (BFCL-exact):\n" + results_table(results))
             if results.get("bfcl"):
                 print("\nBFCL (its data and AST checker):\n" + results_table(results["bfcl"]))
+            for bench, ivs in results.get("intervals", {}).items():
+                name = "BFCL" if bench == "bfcl" else "held-out"
+                print(f"\nPaired differences, {name} (points, 95% interval; * excludes zero):\n")
+                print(intervals_table(ivs))
             print(f"\nrun directory: {run.uri}  (wall time {results['wall_s'] / 60:.1f} min)")
             return 0
         if args.command == "iterate":

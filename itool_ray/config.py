@@ -30,6 +30,10 @@ class RunConfig(_Section):
     root: str = "runs"  # run directory = <root>/<name>; any fsspec URI works (s3://bucket/runs)
     seed: int = 0
     iterations: int = Field(3, ge=0, le=100)
+    # SFT controls from the warm-up at the iterations' trained-token budget, same optimiser settings:
+    # "random" trains on random train samples, "targeted" on the ground truths of exactly the samples the
+    # iterations trained on (what MCTS and preference optimisation add over plain SFT on them).
+    controls: list[Literal["random", "targeted"]] = ["random", "targeted"]
     data_dir: str = "~/.cache/itool-ray"  # converted models, tokenizers, synthetic corpora
 
     @property

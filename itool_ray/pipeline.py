@@ -378,7 +378,7 @@ def stage_warmup(ctx: Context) -> None:
         )
         ctx.run.write_text("warmup/policy.txt", res.model_dir + "\n")
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
-        st.summary.update(_train_summary(res))
+        st.summary.update({"samples": len(ctx.samples("train")), **_train_summary(res)})
 
 
 def _train_summary(res: Any) -> dict[str, Any]:
@@ -555,32 +555,58 @@ def _iteration_tokens(ctx: Context) -> int:
 
 
 def stage_control(ctx: Context) -> None:
-    """The equal-compute control: the warm-up model trained further with plain SFT on the same samples,
+    """The random SFT control: the warm-up model trained further with plain SFT on random train samples,
     for as many training tokens as the preference iterations used."""
+    _sft_control(ctx, "control", ctx.samples("train"))
+
+
+def stage_control_targeted(ctx: Context) -> None:
+    """The targeted SFT control: plain SFT on the ground truths of exactly the samples the iterations'
+    pairs came from, for as many training tokens as the iterations used."""
+    ids = _trained_sample_ids(ctx)
+    _sft_control(ctx, "control_targeted", [s for s in ctx.samples("train") if s.id in ids])
+
+
+def _trained_sample_ids(ctx: Context) -> set[str]:
+    ids: set[str] = set()
+    for k in range(1, ctx.cfg.run.iterations + 1):
+        rel = f"iter_{k}/pairs.jsonl"
+        if ctx.run.exists(rel):
+            for line in ctx.run.read_text(rel).splitlines():
+                if line.strip():
+                    ids.add(str(json.loads(line)["meta"]["sample_id"]))
+    return ids
+
+
+def _sft_control(ctx: Context, name: str, samples: list[Any]) -> None:
     from itool_ray.train.sft import run_sft
 
-    with ctx.run.stage("control") as st:
+    with ctx.run.stage(name) as st:
         budget = _iteration_tokens(ctx)
-        if budget == 0:
-            ctx.run.write_text("control/policy.txt", ctx.policy_dir("warmup") + "\n")
-            st.outputs.append("control/policy.txt")
-            st.summary.update({"token_budget": 0, "trained_tokens": 0})
+        if budget == 0 or not samples:
+            ctx.run.write_text(f"{name}/policy.txt", ctx.policy_dir("warmup") + "\n")
+            st.outputs.append(f"{name}/policy.txt")
+            st.summary.update({"token_budget": budget, "trained_tokens": 0, "samples": len(samples)})
             return
         res = run_sft(
-            ctx.samples("train"),
+            samples,
             model_dir=ctx.policy_dir("warmup"),
-            out_dir=ctx.run.url("control", "ckpt"),
+            out_dir=ctx.run.url(name, "ckpt"),
             cfg=ctx.cfg,
             token_budget=budget,
             checkpoint_every_steps=ctx.cfg.distributed.checkpoint_every_steps,
         )
-        ctx.run.write_text("control/policy.txt", res.model_dir + "\n")
-        st.outputs += ["control/policy.txt", "control/ckpt"]
-        st.summary.update({"token_budget": budget, **_train_summary(res)})
+        ctx.run.write_text(f"{name}/policy.txt", res.model_dir + "\n")
+        st.outputs += [f"{name}/policy.txt", f"{name}/ckpt"]
+        st.summary.update({"token_budget": budget, "samples": len(samples), **_train_summary(res)})
 
 
 def stage_eval_control(ctx: Context) -> None:
     _evaluate(ctx, "eval_control", ctx.policy_dir("control"), "control/eval.json")
+
+
+def stage_eval_control_targeted(ctx: Context) -> None:
+    _evaluate(ctx, "eval_control_targeted", ctx.policy_dir("control_targeted"), "control_targeted/eval.json")
 
 
 def stage_report(ctx: Context) -> None:
@@ -613,11 +639,17 @@ def stages(cfg: Config) -> list[PlanEntry]:
             PlanEntry(f"iter_{k}/train", lambda ctx, k=k: stage_train(ctx, k), TRAIN),
             PlanEntry(f"iter_{k}/eval", lambda ctx, k=k: stage_eval_iter(ctx, k), FLEET),
         ]
-    plan += [
-        PlanEntry("control", stage_control, TRAIN),
-        PlanEntry("eval_control", stage_eval_control, FLEET),
-        PlanEntry("report", stage_report, None),
-    ]
+    if "random" in cfg.run.controls:
+        plan += [
+            PlanEntry("control", stage_control, TRAIN),
+            PlanEntry("eval_control", stage_eval_control, FLEET),
+        ]
+    if "targeted" in cfg.run.controls:
+        plan += [
+            PlanEntry("control_targeted", stage_control_targeted, TRAIN),
+            PlanEntry("eval_control_targeted", stage_eval_control_targeted, FLEET),
+        ]
+    plan.append(PlanEntry("report", stage_report, None))
     return plan
 
 

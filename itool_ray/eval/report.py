@@ -8,13 +8,14 @@ from typing import Any
 
 from itool_ray import storage
 from itool_ray.config import Config
+from itool_ray.eval.stats import compare_records
 from itool_ray.rundir import RunDir
 
 
 def _eval_files(cfg: Config) -> list[tuple[str, str]]:
     files = [("base", "evals/base.json"), ("warmup", "warmup/eval.json")]
     files += [(f"iter_{k}", f"iter_{k}/eval.json") for k in range(1, cfg.run.iterations + 1)]
-    files.append(("control", "control/eval.json"))
+    files += [(c, f"{c}/eval.json") for c in ("control", "control_targeted")]
     return files
 
 
@@ -22,25 +23,58 @@ def collect_results(run: RunDir, cfg: Config) -> dict[str, Any]:
     """``{stage: {category: accuracy, "overall": accuracy}, "wall_s": seconds}`` from the eval files.
 
     With ``eval.bfcl_categories`` the BFCL accuracies are under ``"bfcl"``: ``{stage: {category: ...}}``.
+    ``"intervals"`` holds the paired comparisons (:func:`comparisons`) of each benchmark:
+    ``{"heldout"|"bfcl": {"B vs A": {category: {diff, lo, hi, n, detectable}}}}``, ``B − A`` in accuracy
+    (fractions) with a 95% paired bootstrap interval over the same samples.
     """
     results: dict[str, Any] = {}
     bfcl: dict[str, Any] = {}
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {"heldout": {}, "bfcl": {}}
     for stage, rel in _eval_files(cfg):
         if run.exists(rel):
             data = run.read_json(rel)
             results[stage] = data["heldout"]["accuracy"]
+            records["heldout"][stage] = data["heldout"].get("records", [])
             if "bfcl" in data:
                 bfcl[stage] = data["bfcl"]["accuracy"]
+                records["bfcl"][stage] = data["bfcl"].get("records", [])
     if bfcl:
         results["bfcl"] = bfcl
+    intervals = {bench: paired_intervals(recs, seed=cfg.run.seed) for bench, recs in records.items() if recs}
+    if any(intervals.values()):
+        results["intervals"] = {k: v for k, v in intervals.items() if v}
     stages = run.manifest()["stages"]
     results["wall_s"] = round(sum(float(s.get("seconds", 0)) for s in stages.values()), 1)
     return results
 
 
+def comparisons(stages: list[str]) -> list[tuple[str, str]]:
+    """The comparisons a run reports, as ``(a, b)`` for ``b − a``: warm-up vs base, every iteration vs the
+    warm-up, and the final iteration vs each control and vs base."""
+    iters = [s for s in stages if s.startswith("iter_")]
+    controls = [s for s in stages if s.startswith("control")]
+    pairs = [("base", "warmup")] if {"base", "warmup"} <= set(stages) else []
+    pairs += [("warmup", it) for it in iters if "warmup" in stages]
+    if iters:
+        pairs += [(c, iters[-1]) for c in controls]
+        pairs += [("base", iters[-1])] if "base" in stages else []
+    return pairs
+
+
+def paired_intervals(
+    records: dict[str, list[dict[str, Any]]], *, seed: int = 0
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{"B vs A": {category: interval dict}}`` for :func:`comparisons` of the stages with records."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for a, b in comparisons([s for s, r in records.items() if r]):
+        ivs = compare_records(records[a], records[b], seed=seed)
+        out[f"{b} vs {a}"] = {cat: iv.to_dict() for cat, iv in ivs.items()}
+    return out
+
+
 def stage_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The held-out rows of ``collect_results``' output: stage -> accuracies."""
-    return {k: v for k, v in results.items() if isinstance(v, dict) and k != "bfcl"}
+    return {k: v for k, v in results.items() if isinstance(v, dict) and k not in ("bfcl", "intervals")}
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -53,6 +87,25 @@ def results_table(results: dict[str, Any]) -> str:
     for stage, acc in rows.items():
         cells = " | ".join(f"{acc[c]:.1%}" if c in acc else "–" for c in cats)
         lines.append(f"| {stage} | **{acc['overall']:.1%}** | {cells} |")
+    return "\n".join(lines)
+
+
+def _points(iv: dict[str, Any]) -> str:
+    mark = "*" if iv["lo"] > 0 or iv["hi"] < 0 else ""
+    return f"{100 * iv['diff']:+.1f} [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]{mark}"
+
+
+def intervals_table(intervals: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """A markdown table of paired differences in points with their 95% intervals (``*``: excludes zero),
+    and the difference each comparison could detect."""
+    cats = sorted({c for v in intervals.values() for c in v if c != "overall"})
+    head = "| comparison | overall Δ [95% CI] | " + " | ".join(cats) + " | n | detectable |"
+    sep = "|---|---:|" + "---:|" * len(cats) + "---:|---:|"
+    lines = [head, sep]
+    for name, ivs in intervals.items():
+        cells = " | ".join(_points(ivs[c]) if c in ivs else "–" for c in cats)
+        ov = ivs["overall"]
+        lines.append(f"| {name} | **{_points(ov)}** | {cells} | {ov['n']} | ±{100 * ov['detectable']:.1f} |")
     return "\n".join(lines)
 
 
@@ -85,6 +138,49 @@ def _train_steps(run: RunDir, stage_dir: str) -> list[dict[str, Any]]:
         return []
 
 
+def _interval_section(results: dict[str, Any]) -> list[str]:
+    titles = {"heldout": "held-out", "bfcl": "BFCL"}
+    out: list[str] = []
+    for bench, ivs in results.get("intervals", {}).items():
+        out += [f"## Paired differences, {titles.get(bench, bench)} (points, 95% bootstrap interval)", ""]
+        out += [intervals_table(ivs), ""]
+    if out:
+        out += [
+            "Each row compares two stages on the same samples; `*` marks an interval that excludes zero; "
+            "`detectable` is the difference that comparison finds with 80% power at the 5% level.",
+            "",
+        ]
+    return out
+
+
+def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
+    """What each training stage cost: trained tokens, optimizer steps, samples or pairs, learning rate, and
+    for the iterations the tokens the search generated."""
+    rows = [("warmup", "warmup", cfg.warmup.lr, None)]
+    rows += [
+        (f"iter_{k}", f"iter_{k}/train", cfg.train.lr, f"iter_{k}/search")
+        for k in range(1, cfg.run.iterations + 1)
+    ]
+    rows += [(c, c, cfg.warmup.lr, None) for c in ("control", "control_targeted")]
+    lines = [
+        "## Training cost",
+        "",
+        "| stage | trained tokens | optimizer steps | samples / pairs | lr | search generated tokens |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, name, lr, search in rows:
+        summ = stages.get(name, {}).get("summary")
+        if summ is None:
+            continue
+        n = summ.get("pairs", summ.get("samples", "–"))
+        gen = stages.get(search, {}).get("summary", {}).get("generated_tokens", "–") if search else "–"
+        lines.append(
+            f"| {label} | {summ.get('trained_tokens', '–')} | {summ.get('global_steps', '–')} | {n} "
+            f"| {lr:g} | {gen} |"
+        )
+    return [*lines, ""] if len(lines) > 4 else []
+
+
 def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
     results = collect_results(run, cfg)
     run.write_json("results.json", results)
@@ -110,6 +206,24 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
             ax.set_title("accuracy per category per stage")
 
         plots.append(_plot(run, "accuracy", draw_acc))
+
+        def draw_benchmarks(ax):
+            names = list(rows)
+            ax.plot(names, [rows[n]["overall"] for n in names], marker="o", label="held-out (synthetic)")
+            bfcl = results.get("bfcl", {})
+            if bfcl:
+                ax.plot(
+                    names,
+                    [bfcl[n]["overall"] if n in bfcl else float("nan") for n in names],
+                    marker="s",
+                    label="BFCL (its checker)",
+                )
+            ax.set_ylabel("overall accuracy")
+            ax.set_ylim(0, 1)
+            ax.legend(fontsize=8)
+            ax.set_title("both benchmarks across stages")
+
+        plots.append(_plot(run, "benchmarks", draw_benchmarks))
     iters = range(1, cfg.run.iterations + 1)
     dpo = {k: _train_steps(run, f"iter_{k}") for k in iters}
     if any(dpo.values()):
@@ -146,9 +260,12 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
             if results.get("bfcl")
             else []
         ),
-        "`control` = the warm-up model trained further with plain SFT on the same samples for as many training "
-        "tokens as the preference iterations used.",
+        *_interval_section(results),
+        "Controls start from the warm-up and train with plain SFT for as many tokens as the preference "
+        "iterations trained, with the same optimiser settings as each other: `control` on random train "
+        "samples, `control_targeted` on the ground truths of exactly the samples the iterations trained on.",
         "",
+        *_cost_section(stages, cfg),
         "## Iterations",
         "",
         "| iteration | mined | deficient | trees | failed trees | pairs | trained tokens | search tok/s |",

@@ -13,7 +13,7 @@ and appending EOS after our end-of-turn when the two differ), CPOTrainer through
 Reference model = the policy at the start of the iteration (``model_dir``). With
 ``train.precompute_ref_log_probs`` (default) TRL computes the reference log-probs once before training
 and holds no second model (under ZeRO-3 it precomputes through a second DeepSpeed engine on the same
-modules, whose hooks we remove afterwards: see ``_precompute_ref_logps`` below). Otherwise DPO keeps
+modules, whose hooks we remove afterwards: see ``trl_compat``). Otherwise DPO keeps
 an implicit reference copy, built under zero.Init with ZeRO-3 — which is why the worker initialises
 deepspeed.comm first. With LoRA the reference is the base model with the adapter disabled; the adapter
 is merged into a full checkpoint at the end. SimPO is reference-free (``cpo_alpha = train.sft_weight``,
@@ -113,6 +113,9 @@ def run_preference(
     Per-step metrics include TRL's rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.
     """
     from itool_ray.models import load_tokenizer, resolve_model
+    from itool_ray.train import trl_compat
+
+    trl_compat.check()  # in the driver, before any worker starts
 
     t, d = cfg.train, cfg.distributed
     model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
@@ -190,14 +193,16 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
     from transformers import AutoModelForCausalLM
 
     from itool_ray.models import load_tokenizer
+    from itool_ray.train import trl_compat
 
+    trl_compat.check()
     common = job.training_arguments(output_dir)
     if job.kind == "simpo":
         from trl.experimental.cpo import CPOConfig
 
         # Arguments before the model: under ZeRO-3 from_pretrained then builds it partitioned.
         args = CPOConfig(**common, **job.options, max_length=None)
-        trainer_cls = _simpo_trainer_class()
+        trainer_cls = trl_compat.pretokenized_cpo_trainer()
     else:
         from trl import DPOConfig
 
@@ -207,7 +212,7 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
             max_length=None,  # rows were length-checked when they were built
             precompute_ref_batch_size=2 * job.micro_batch_size,
         )
-        trainer_cls = _dpo_trainer_class()
+        trainer_cls = trl_compat.pretokenized_dpo_trainer()
     tokenizer = load_tokenizer(job.model_dir, data_dir=job.out_dir)  # a directory: data_dir unused
 
     return trainer_cls(
@@ -231,53 +236,3 @@ def _peft_config(lora: Any) -> Any:
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-
-
-def _dpo_trainer_class() -> type:
-    from trl import DPOTrainer
-
-    class PretokenizedDPOTrainer(DPOTrainer):
-        """DPOTrainer on rows that already hold prompt_ids / chosen_ids / rejected_ids."""
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            _require_columns(dataset, ("prompt_ids", "chosen_ids", "rejected_ids"))
-            return dataset
-
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            out = super()._precompute_ref_logps(dataset, name, batch_size)
-            # Under ZeRO-3, TRL precomputes through a second DeepSpeed engine on the same modules and keeps
-            # it; its hooks stay on the modules, and the first training forward then fails in the
-            # parameter coordinator ("IndexError: pop from an empty deque" in record_parameters).
-            # destroy() removes those hooks; the training engine installs its own.
-            if self._precompute_engine is not None:
-                self._precompute_engine.destroy()
-                self._precompute_engine = None
-            return out
-
-    return PretokenizedDPOTrainer
-
-
-def _simpo_trainer_class() -> type:
-    from trl.experimental.cpo import CPOTrainer
-
-    class PretokenizedCPOTrainer(CPOTrainer):
-        """CPOTrainer whose tokenize_row only reshapes our token ids (no BOS/EOS insertion, no re-encoding)."""
-
-        def tokenize_row(self, feature, model=None):
-            prompt, out = feature["prompt_ids"], {}
-            out["prompt_input_ids"] = list(prompt)
-            out["prompt_attention_mask"] = [1] * len(prompt)
-            for side in ("chosen", "rejected"):
-                ids = feature[f"{side}_ids"]
-                out[f"{side}_input_ids"] = list(prompt) + list(ids)
-                out[f"{side}_attention_mask"] = [1] * (len(prompt) + len(ids))
-                out[f"{side}_labels"] = [-100] * len(prompt) + list(ids)
-            return out
-
-    return PretokenizedCPOTrainer
-
-
-def _require_columns(dataset: Any, names: Sequence[str]) -> None:
-    missing = [n for n in names if n not in dataset.column_names]
-    if missing:
-        raise TrainError(f"preference dataset lacks columns {missing} (has {dataset.column_names})")

@@ -37,18 +37,41 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     assert [n for n in names if manifest["stages"][n]["status"] != "done"] == []
 
     results = json.loads((run_dir / "results.json").read_text())
-    for stage in ("base", "warmup", "iter_1", "control"):
+    for stage in ("base", "warmup", "iter_1", "control", "control_targeted"):
         assert 0.0 <= results[stage]["overall"] <= 1.0
         assert "overall" in results[stage] and len(results[stage]) > 1
     assert results["wall_s"] > 0
     pairs = (run_dir / "iter_1" / "pairs.jsonl").read_text().splitlines()
     assert pairs, "the iteration produced no preference pairs"
     assert all({"prompt", "chosen", "rejected", "meta"} <= set(json.loads(p)) for p in pairs)
-    assert (run_dir / "report.md").read_text().count("| iter_1 |") == 1
+    assert (run_dir / "report.md").read_text().count("| iter_1 | **") == 1  # one row in the learning table
     assert (run_dir / "plots" / "accuracy.png").stat().st_size > 1000
-    # The control trained for as many tokens as the iteration did.
+    assert (run_dir / "plots" / "benchmarks.png").stat().st_size > 1000
+    # Both controls trained for as many tokens as the iteration did; the targeted one on exactly the
+    # samples the pairs came from.
     st = manifest["stages"]
-    assert st["control"]["summary"]["token_budget"] == st["iter_1/train"]["summary"]["trained_tokens"] > 0
+    for control in ("control", "control_targeted"):
+        assert st[control]["summary"]["token_budget"] == st["iter_1/train"]["summary"]["trained_tokens"] > 0
+        assert st[control]["summary"]["trained_tokens"] >= st[control]["summary"]["token_budget"]
+    paired_ids = {json.loads(p)["meta"]["sample_id"] for p in pairs}
+    assert st["control_targeted"]["summary"]["samples"] == len(paired_ids)
+    assert st["control"]["summary"]["samples"] == len(
+        (run_dir / "data" / "train.jsonl").read_text().splitlines()
+    )
+    # Every comparison has its paired interval, per category and overall.
+    intervals = results["intervals"]["heldout"]
+    assert list(intervals) == [
+        "warmup vs base",
+        "iter_1 vs warmup",
+        "iter_1 vs control",
+        "iter_1 vs control_targeted",
+        "iter_1 vs base",
+    ]
+    for ivs in intervals.values():
+        assert ivs["overall"]["lo"] <= ivs["overall"]["diff"] <= ivs["overall"]["hi"]
+        assert ivs["overall"]["n"] == len((run_dir / "data" / "heldout.jsonl").read_text().splitlines())
+    assert "## Paired differences, held-out" in (run_dir / "report.md").read_text()
+    assert "## Training cost" in (run_dir / "report.md").read_text()
 
     # One fleet for the whole run here (replica + training worker fit the session's 2 CPUs): started once,
     # shared by evaluation, mining and search, new weights reloaded in place after each training stage.
@@ -58,6 +81,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
         "eval_warmup",
         "iter_1/eval",
         "eval_control",
+        "eval_control_targeted",
     ]
     assert not [e for e in fleet if e["stage"] in ("iter_1/mine", "iter_1/search")], (
         "mining/search had a fleet of its own"
@@ -88,6 +112,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):
     cfg = _cfg(tmp_path, data_dir)
     cfg.run.iterations = 0  # data → model → eval → warm-up → eval → control → report
+    cfg.run.controls = ["random"]
     cfg.eval.bfcl_categories = ["simple", "irrelevance"]  # BFCL's data and checker, 3 entries each
     cfg.eval.bfcl_limit = 3
     cfg.distributed.cpus_per_worker = 2  # training needs the replica's CPU too: the fleet closes for it

@@ -1,0 +1,83 @@
+"""The run's report: accuracies per stage and paired intervals, in results.json and report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from itool_ray.config import load_config
+from itool_ray.eval.report import collect_results, comparisons, write_report
+from itool_ray.eval.stats import StatsError
+from itool_ray.rundir import RunDir
+
+CATS = ["simple", "parallel"]
+
+
+def _eval(correct: np.ndarray) -> dict:
+    records = [
+        {"id": f"s{i}", "category": CATS[i % 2], "exact": bool(c), "score": float(c)}
+        for i, c in enumerate(correct)
+    ]
+    acc = {cat: float(np.mean([r["exact"] for r in records if r["category"] == cat])) for cat in CATS}
+    acc["overall"] = float(np.mean(correct))
+    return {"model": "m", "heldout": {"accuracy": acc, "records": records}}
+
+
+@pytest.fixture()
+def run(tmp_path):
+    rng = np.random.default_rng(0)
+    base = (rng.random(200) < 0.2).astype(int)
+    warm = np.where(rng.random(200) < 0.3, 1, base)  # clearly better than base
+    it1 = np.where(rng.random(200) < 0.02, 1 - warm, warm)  # about the same as the warm-up
+    control = warm.copy()
+    r = RunDir(str(tmp_path / "run"))
+    for rel, arr in [
+        ("evals/base.json", base),
+        ("warmup/eval.json", warm),
+        ("iter_1/eval.json", it1),
+        ("control/eval.json", control),
+    ]:
+        r.write_json(rel, _eval(arr))
+    r.write_json("manifest.json", {"stages": {"data": {"status": "done", "seconds": 3.0}}})
+    return r
+
+
+def test_comparisons_cover_warmup_every_iteration_and_the_final_one_against_each_control():
+    stages = ["base", "warmup", "iter_1", "iter_2", "control", "control_targeted"]
+    assert comparisons(stages) == [
+        ("base", "warmup"),
+        ("warmup", "iter_1"),
+        ("warmup", "iter_2"),
+        ("control", "iter_2"),
+        ("control_targeted", "iter_2"),
+        ("base", "iter_2"),
+    ]
+    assert comparisons(["base"]) == []
+
+
+def test_results_json_and_report_carry_paired_intervals(run, tmp_path):
+    cfg = load_config("tiny", ["--run.root", str(tmp_path), "--run.name", "run"])
+    results = write_report(run, cfg)
+    ivs = results["intervals"]["heldout"]
+    assert list(ivs) == ["warmup vs base", "iter_1 vs warmup", "iter_1 vs control", "iter_1 vs base"]
+    warm = ivs["warmup vs base"]["overall"]
+    assert warm["n"] == 200 and warm["lo"] > 0, warm
+    assert warm["diff"] == pytest.approx(results["warmup"]["overall"] - results["base"]["overall"], abs=1e-4)
+    same = ivs["iter_1 vs warmup"]["overall"]
+    assert same["lo"] < 0 < same["hi"] or same["diff"] == 0, same
+    assert set(ivs["iter_1 vs control"]) == {"overall", *CATS}
+    assert json.loads(run.read_text("results.json"))["intervals"] == results["intervals"]
+    md = run.read_text("report.md")
+    assert "Paired differences, held-out" in md
+    assert "| warmup vs base | **+" in md and "]*" in md  # a significant row is marked
+    assert run.exists("plots/benchmarks.png")
+
+
+def test_evaluations_of_different_samples_are_not_compared(run, tmp_path):
+    cfg = load_config("tiny", ["--run.root", str(tmp_path), "--run.name", "run"])
+    short = _eval(np.ones(100, dtype=int))
+    run.write_json("iter_1/eval.json", short)
+    with pytest.raises(StatsError, match="different samples"):
+        collect_results(run, cfg)

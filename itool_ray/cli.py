@@ -1,4 +1,4 @@
-"""The ``itool`` command: run | warmup | iterate | eval | serve | data | model | config.
+"""The ``itool`` command: run | warmup | iterate | compare | eval | serve | data | model | config.
 
 Config-driven subcommands take ``--config PRESET_OR_FILE`` plus dotted overrides such as
 ``--mcts.num_children 4`` or ``--train.lr=1e-6``.
@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--restart-from", metavar="STAGE", help="redo this stage and every stage after it")
 
     sub.add_parser("warmup", parents=[cfgp], help="easy→hard warm-up SFT alone")
+    cmp_ = sub.add_parser(
+        "compare",
+        parents=[cfgp],
+        help="ablations sharing one run's warm-up and mining, with paired intervals",
+    )
+    cmp_.add_argument(
+        "--variants",
+        default=None,
+        help="YAML: variant name -> {section: {key: value}} (default: no_mcts, response_level)",
+    )
     it = sub.add_parser("iterate", parents=[cfgp], help="one stage of an iteration alone")
     it.add_argument("--stage", choices=["mine", "search", "pairs", "train"], required=True)
     it.add_argument(
@@ -204,6 +214,7 @@ def _cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
     logs.setup_console(args.verbose)
+    from itool_ray.compare import CompareError
     from itool_ray.data.io import DatasetError
     from itool_ray.models import ModelError
     from itool_ray.pipeline import PlanError, StageFailed
@@ -243,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             run = run_pipeline(cfg, until=f"iter_{args.iteration}/{args.stage}", redo=True)
             print(f"run directory: {run.uri}")
             return 0
+        if args.command == "compare":
+            from itool_ray.compare import comparison_table, load_variants, run_compare
+
+            out = run_compare(cfg, load_variants(args.variants))
+            print("\n" + comparison_table(out))
+            print(f"\nwritten to {cfg.run.dir}/compare/{{results.json, compare.md}}")
+            return 0
         if args.command == "eval":
             return _cmd_eval(args, cfg)
         if args.command == "serve":
@@ -250,7 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (DatasetError, RunDirError, FileNotFoundError, StageFailed, PlanError, ModelError) as e:
+    except (
+        DatasetError,
+        RunDirError,
+        FileNotFoundError,
+        StageFailed,
+        PlanError,
+        ModelError,
+        CompareError,
+    ) as e:
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes

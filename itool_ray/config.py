@@ -117,6 +117,8 @@ class MiningConfig(_Section):
 
 
 class MCTSConfig(_Section):
+    # false: no search; the samples it would have searched get ground-truth pairs only (the ablation of MCTS)
+    search: bool = True
     num_children: int = Field(3, ge=1, le=16)
     temperature: float = Field(1.0, ge=0, le=3)
     max_depth: int = Field(3, ge=1, le=32)
@@ -151,6 +153,12 @@ class PairsConfig(_Section):
     # they differ in argument values alone (the paper's "fragment deficiency"): a pair that adds or drops an
     # argument or a call teaches "fewer/more arguments" to every answer.
     value_errors_only: bool = False
+    # With value_errors_only, still keep the pairs that teach when not to call: the chosen answer calls
+    # nothing (the right answer to an irrelevant request) and the rejected one calls a tool.
+    keep_abstain_pairs: bool = False
+    # "step": pairs at the tree's forks (the method); "response": the best against the worst complete answer
+    # the same search found, with no shared prefix (the ablation of step-level pairs).
+    level: Literal["step", "response"] = "step"
 
 
 class LoraConfig(_Section):
@@ -265,7 +273,7 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("itool_ray") / "configs" / f"{name}.yaml"))
 
 
-def _read_yaml(source: str) -> dict[str, Any]:
+def read_yaml(source: str) -> dict[str, Any]:
     """A preset name or a YAML file path."""
     path = Path(source)
     if not path.suffix and source in PRESETS:
@@ -282,14 +290,14 @@ def _read_yaml(source: str) -> dict[str, Any]:
         raise ConfigError(f"config {path}: the top level must be a mapping of sections")
     base = data.pop("preset", None)  # a file may build on a preset: `preset: quickstart`
     if base is not None:
-        return _deep_merge(_read_yaml(str(base)), data)
+        return deep_merge(read_yaml(str(base)), data)
     return data
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -360,8 +368,8 @@ def build_config(data: dict[str, Any]) -> Config:
 def load_config(
     source: str | None = "quickstart", overrides: list[str] | dict[str, Any] | None = None
 ) -> Config:
-    data = _read_yaml(source) if source else {}
+    data = read_yaml(source) if source else {}
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        data = _deep_merge(data, over)
+        data = deep_merge(data, over)
     return build_config(data)

@@ -126,6 +126,29 @@ class RunDir:
         """Add facts to a finished stage's record (what it left held, …)."""
         self._update_stage(name, **fields)
 
+    def adopt(self, name: str, source: RunDir) -> None:
+        """Record stage ``name`` as done here with ``source``'s outputs (``itool compare``: variants share a
+        run's completed prefix). Its files are copied; its directories (checkpoints) stay where they are,
+        referenced by the copied files (``policy.txt``)."""
+        entry = source.manifest()["stages"].get(name)
+        if not entry or not source.stage_done(name):
+            raise RunDirError(f"cannot share stage {name} of {source.uri}: it is not done there")
+        files = [rel for rel in entry.get("outputs", []) if not source.fs.isdir(source.path(rel))]
+        for rel in files:
+            self.write_bytes(rel, source.fs.cat_file(source.path(rel)))
+        self._update_stage(
+            name,
+            **{
+                **entry,
+                "outputs": files,
+                "checksums": {
+                    rel: entry["checksums"][rel] for rel in files if rel in entry.get("checksums", {})
+                },
+                "listings": {rel: self.listing_key(rel) for rel in files},
+                "adopted_from": source.uri,
+            },
+        )
+
     def record_fleet(self, event: dict[str, Any]) -> None:
         """Append a fleet event (start, reload, close) to the manifest's ``fleet`` list."""
         m = self.manifest()

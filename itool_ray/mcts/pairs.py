@@ -31,6 +31,8 @@ with ``ground_truth_same_calls`` when it has another number of calls than the gr
 
 With ``value_errors_only``, a pair is kept only when its two complete answers call the same functions with
 the same argument names (they differ in values alone); a rejected answer that does not parse is dropped too.
+``keep_abstain_pairs`` keeps, besides those, the pairs whose chosen answer calls nothing and whose rejected
+answer calls a tool: what an irrelevant request teaches (not to call), which no value-error pair can.
 
 Caps: at most ``max_per_sample`` pairs per sample and ``max_per_iteration`` in all, preferring the
 largest Q gaps (ground-truth pairs rank by 1 - reward of the deficient answer); exact duplicates (same
@@ -49,7 +51,7 @@ from itool_ray.data.schema import Sample
 from itool_ray.mcts.search import ScoreFn, default_score
 from itool_ray.mcts.tree import DONE, Node, Tree
 
-MCTS, GROUND_TRUTH = "mcts", "ground_truth"
+MCTS, MCTS_RESPONSE, GROUND_TRUTH = "mcts", "mcts_response", "ground_truth"
 _EPS = 1e-9  # Q values are means of floats: a gap of exactly q_gap must not fall short by rounding
 
 
@@ -68,6 +70,7 @@ class PairStats:
     gt_not_deficient: int = 0  # the policy answer was right (or the ground truth itself)
     gt_call_count: int = 0  # dropped by ground_truth_same_calls: another number of calls than the truth
     not_value_error: int = 0  # dropped by value_errors_only: the answers differ in calls or argument names
+    abstain: int = 0  # kept by keep_abstain_pairs: no call (chosen) against a spurious call (rejected)
     duplicates: int = 0
     over_sample_cap: int = 0
     over_iteration_cap: int = 0
@@ -168,6 +171,51 @@ def step_pairs(
     return out
 
 
+def response_pairs(
+    tree: Tree, sample: Sample, cfg: PairsConfig, *, iteration: int, stats: PairStats | None = None
+) -> list[dict[str, Any]]:
+    """The response-level pair of one tree (``pairs.level: response``): the best complete answer the search
+    found against the worst of those the tree kept (every node keeps the best answer through it), whole
+    answers with no shared prefix (depth 0), under the same gap, floor and chosen-reward rules as step
+    pairs; the Q of each side is its reward. At most one pair per tree."""
+    stats = stats if stats is not None else PairStats()
+    if tree.sample_id != sample.id:
+        raise ValueError(f"tree of sample {tree.sample_id!r} paired with sample {sample.id!r}")
+    answers: dict[str, float] = {}
+    for node in tree.nodes:
+        if node.best_rollout is not None:
+            answers.setdefault(node.best_rollout, node.best_reward)
+    if len(answers) < 2:
+        stats.no_rollout += 1
+        return []
+    ranked = sorted(answers.items(), key=lambda kv: -kv[1])  # stable: first-seen order breaks ties
+    (chosen, r_chosen), (rejected, r_rejected) = ranked[0], ranked[-1]
+    if r_chosen - r_rejected < max(cfg.q_gap, _EPS) - _EPS:
+        stats.small_gap += 1
+        return []
+    if _same_step(chosen, rejected):
+        stats.same_step += 1
+        return []
+    if r_chosen < max(cfg.q_floor, cfg.min_chosen_reward) - _EPS:
+        stats.chosen_not_good += 1
+        return []
+    return [
+        _pair(
+            sample,
+            "",
+            chosen,
+            rejected,
+            iteration=iteration,
+            depth=0,
+            q_chosen=r_chosen,
+            q_rejected=r_rejected,
+            reward_chosen=r_chosen,
+            reward_rejected=r_rejected,
+            origin=MCTS_RESPONSE,
+        )
+    ]
+
+
 def ground_truth_pair(
     sample: Sample,
     policy_answer: str,
@@ -229,6 +277,14 @@ def differs_in_values_only(pair: dict[str, Any]) -> bool:
     return chosen is not None and chosen == _shape(prefix + pair["rejected"][0]["content"], names)
 
 
+def abstains_against_a_call(pair: dict[str, Any]) -> bool:
+    """The chosen complete answer calls nothing; the rejected one calls at least one tool."""
+    names = [t["name"] for t in pair["tools"]]
+    prefix = pair["meta"]["prefix"]
+    rejected = _shape(prefix + pair["rejected"][0]["content"], names)
+    return _shape(prefix + pair["chosen"][0]["content"], names) == [] and bool(rejected)
+
+
 def _key(pair: dict[str, Any]) -> str:
     parts = [pair["prompt"], pair["chosen"], pair["rejected"], pair["tools"]]
     return json.dumps(parts, sort_keys=True, ensure_ascii=False)
@@ -263,8 +319,9 @@ def build_pairs(
             raise KeyError(
                 f"tree for sample {tree.sample_id!r} has no sample in the given samples (wrong split?)"
             )
+        tree_pairs = step_pairs if cfg.level == "step" else response_pairs
         by_sample.setdefault(tree.sample_id, []).extend(
-            step_pairs(tree, samples[tree.sample_id], cfg, iteration=iteration, stats=stats)
+            tree_pairs(tree, samples[tree.sample_id], cfg, iteration=iteration, stats=stats)
         )
     if cfg.ground_truth_pairs:
         for sample, answer in deficient:
@@ -285,8 +342,11 @@ def build_pairs(
         unique = []
         for p in pairs:
             if cfg.value_errors_only and not differs_in_values_only(p):
-                stats.not_value_error += 1
-                continue
+                if cfg.keep_abstain_pairs and abstains_against_a_call(p):
+                    stats.abstain += 1
+                else:
+                    stats.not_value_error += 1
+                    continue
             k = _key(p)
             if k in seen:
                 stats.duplicates += 1
@@ -301,7 +361,7 @@ def build_pairs(
         ranked = sorted(ranked, key=lambda t: (-_gap(t[2]), t[0], t[1]))[: cfg.max_per_iteration]
     ranked.sort(key=lambda t: (t[0], t[1]))
     out = [p for _, _, p in ranked]
-    stats.mcts_pairs = sum(p["meta"]["origin"] == MCTS for p in out)
+    stats.mcts_pairs = sum(p["meta"]["origin"] in (MCTS, MCTS_RESPONSE) for p in out)
     stats.ground_truth_pairs = len(out) - stats.mcts_pairs
     return out, stats
 

@@ -398,3 +398,59 @@ def test_console_keeps_the_projects_lines_and_the_log_file_keeps_the_libraries(t
     for own in ("[6/6] iter_1/mine ...", "sft: step 6/6", "fleet: 1 replica(s) started", "log file: "):
         assert own in console, f"{own!r} is missing from the console"
     assert len(console.splitlines()) < 60, console
+
+
+@pytest.mark.slow
+def test_compare_runs_each_variant_on_the_base_runs_prefix_and_recomputes_nothing(
+    tmp_path, data_dir, ray_session
+):
+    from itool_ray.compare import run_compare
+
+    cfg = _cfg(tmp_path, data_dir, "cmp")
+    cfg.run.controls = ["targeted"]
+    variants = {"no_mcts": {"mcts": {"search": False}}, "response_level": {"pairs": {"level": "response"}}}
+    out = run_compare(cfg, variants)
+
+    base_dir = tmp_path / "cmp"
+    base = _manifest(base_dir)["stages"]
+    shared = ("data", "model", "eval_base", "warmup", "eval_warmup", "iter_1/mine")
+    for name in variants:
+        stages_v = _manifest(base_dir / "compare" / name)["stages"]
+        for stage in shared:
+            assert stages_v[stage]["adopted_from"] == str(base_dir), (name, stage)
+            assert stages_v[stage]["ended"] == base[stage]["ended"], (name, stage)
+        for stage in ("iter_1/search", "iter_1/pairs", "iter_1/train", "iter_1/eval"):
+            assert stages_v[stage]["status"] == "done" and "adopted_from" not in stages_v[stage], (
+                name,
+                stage,
+            )
+        assert not [s for s in stages_v if s.startswith("control")], "a variant trained a control"
+    no_mcts = _manifest(base_dir / "compare" / "no_mcts")["stages"]
+    assert no_mcts["iter_1/search"]["summary"]["trees_total"] == 0
+    assert (
+        no_mcts["iter_1/pairs"]["summary"]["ground_truth_pairs"]
+        > 0
+        == no_mcts["iter_1/pairs"]["summary"]["mcts_pairs"]
+    )
+    response = (base_dir / "compare" / "response_level" / "iter_1" / "pairs.jsonl").read_text().splitlines()
+    assert {json.loads(p)["meta"]["origin"] for p in response} <= {"mcts_response", "ground_truth"}
+
+    rows = out["rows"]
+    assert set(rows) == {"warmup", "full", "no_mcts", "response_level", "control_targeted"}
+    n = len((base_dir / "data" / "heldout.jsonl").read_text().splitlines())
+    for row, cell in rows.items():
+        held = cell["heldout"]
+        if row != "full":
+            iv = held["vs full"]
+            assert iv["n"] == n and iv["lo"] <= iv["diff"] <= iv["hi"], (row, iv)
+    assert "| no_mcts |" in (base_dir / "compare" / "compare.md").read_text()
+    assert json.loads((base_dir / "compare" / "results.json").read_text())["rows"] == json.loads(
+        json.dumps(rows)
+    )
+
+    # Run again: everything is done, nothing is recomputed.
+    ended = {n: _manifest(base_dir / "compare" / n)["stages"]["iter_1/train"]["ended"] for n in variants}
+    run_compare(cfg, variants)
+    assert {
+        n: _manifest(base_dir / "compare" / n)["stages"]["iter_1/train"]["ended"] for n in variants
+    } == ended

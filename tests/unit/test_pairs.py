@@ -258,6 +258,53 @@ def test_value_errors_only_keeps_pairs_that_differ_in_argument_values_alone():
     assert len(build_pairs([tree], {"w0": s}, PairsConfig(), **args)[0]) == 1  # off by default
 
 
+def test_abstain_pairs_teach_not_to_call_alongside_value_errors():
+    """An irrelevant request: the truth calls nothing; the policy called the tool anyway. Under
+    value_errors_only that pair differs in calls, so it is dropped unless keep_abstain_pairs."""
+    s = sample("irr")
+    irrelevant = Sample(id="irr", tools=s.tools, messages=s.messages, answer=[])
+
+    def abstain_score(text: str, smp: Sample) -> float:
+        return 1.0 if text.strip() == "[]" else 0.0
+
+    spurious = '[get_weather(city="Paris")]'
+    args = dict(iteration=1, score=abstain_score, deficient=[(irrelevant, spurious)])
+    strict = PairsConfig(value_errors_only=True)
+    pairs, stats = build_pairs([], {"irr": irrelevant}, strict, **args)
+    assert pairs == [] and stats.not_value_error == 1
+    keep = PairsConfig(value_errors_only=True, keep_abstain_pairs=True)
+    pairs, stats = build_pairs([], {"irr": irrelevant}, keep, **args)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("[]", spurious)]
+    assert (stats.abstain, stats.not_value_error) == (1, 0)
+    # The reverse (a call chosen over no call) is not an abstain pair: still dropped as not a value error.
+    s2 = sample()
+    pairs, stats = build_pairs([], {"w0": s2}, keep, iteration=1, score=unit_score, deficient=[(s2, "[]")])
+    assert pairs == [] and (stats.abstain, stats.not_value_error) == (0, 1)
+    # Answers that do not parse are never abstain pairs.
+    pairs, stats = build_pairs(
+        [], {"irr": irrelevant}, keep, iteration=1, score=abstain_score, deficient=[(irrelevant, "[get_w")]
+    )
+    assert pairs == [] and stats.abstain == 0
+
+
+def test_response_level_pairs_take_the_best_and_worst_whole_answers_of_the_same_search():
+    s = sample()
+    step = build_pairs([fork_tree()], {"w0": s}, PairsConfig(), iteration=1)[0]
+    pairs, stats = build_pairs([fork_tree()], {"w0": s}, PairsConfig(level="response"), iteration=1)
+    assert [
+        (p["prompt"][-1]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs
+    ] == [("", CELSIUS, FAHRENHEIT)]
+    assert pairs[0]["meta"]["origin"] == "mcts_response" and pairs[0]["meta"]["depth"] == 0
+    assert step[0]["meta"]["prefix"] == PREFIX and stats.mcts_pairs == 1
+    # the same rules: a gap below q_gap, or a best answer below the floor, makes no pair
+    assert (
+        build_pairs([fork_tree(f_rewards=(0.95,))], {"w0": s}, PairsConfig(level="response"), iteration=1)[0]
+        == []
+    )
+    low = fork_tree(c_rewards=(0.4,), f_rewards=(0.1,))
+    assert build_pairs([low], {"w0": s}, PairsConfig(level="response", q_floor=0.5), iteration=1)[0] == []
+
+
 # -- how a trainer renders a pair --------------------------------------------------------------------------
 class ChatMLTokenizer:
     name_or_path = "fake-chatml"

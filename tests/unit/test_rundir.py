@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from itool_ray.rundir import RunDir
+from itool_ray.rundir import RunDir, RunDirError
 
 
 def _finished(tmp_path) -> RunDir:
@@ -47,3 +47,23 @@ def test_manifests_without_listings_fall_back_to_checksums(tmp_path):
     assert run.stage_done("warmup")
     (tmp_path / "run" / "warmup" / "ckpt" / "config.json").write_text("{ }")
     assert not run.stage_done("warmup")
+
+
+def test_a_variant_adopts_a_done_stage_copying_its_files_and_referencing_its_directories(tmp_path):
+    base = RunDir(str(tmp_path / "base"))
+    with base.stage("warmup") as st:
+        base.write_text("warmup/policy.txt", str(tmp_path / "base" / "warmup" / "ckpt") + "\n")
+        (tmp_path / "base" / "warmup" / "ckpt").mkdir()
+        (tmp_path / "base" / "warmup" / "ckpt" / "model.safetensors").write_bytes(b"w" * 1000)
+        st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
+        st.summary["trained_tokens"] = 7
+    variant = RunDir(str(tmp_path / "base" / "compare" / "v"))
+    variant.adopt("warmup", base)
+    assert variant.stage_done("warmup")
+    entry = variant.manifest()["stages"]["warmup"]
+    assert entry["outputs"] == ["warmup/policy.txt"] and entry["adopted_from"] == base.uri
+    assert entry["summary"] == {"trained_tokens": 7}
+    assert variant.read_text("warmup/policy.txt") == base.read_text("warmup/policy.txt")
+    assert not (tmp_path / "base" / "compare" / "v" / "warmup" / "ckpt").exists()  # not copied
+    with pytest.raises(RunDirError, match="cannot share stage eval_warmup .*not done there"):
+        variant.adopt("eval_warmup", base)

@@ -317,8 +317,12 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     assert fs.exists(f"{run}/plots/accuracy.png")
     assert not list(tmp_path.rglob("manifest.json")), "the run wrote a manifest to the local disk"
     # What the stages loaded came from the bucket into the node cache, not from the driver's model build.
-    cached = {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")}
-    assert {"base", "ckpt"} <= cached
+    cache = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".") and p.name != "logs"]
+    assert {"base", "ckpt"} <= {p.name.split("-", 1)[1] for p in cache}
+    # The driver spools its log file locally (kept across the kill) and uploads it when the run ends.
+    uploaded = fs.cat_file(f"{run}/logs/itool.log").decode()
+    assert "[1/" in uploaded and "report: finished" in uploaded, uploaded[-2000:]
+    assert "iter_1/search: finished" in uploaded, "the killed run's lines were lost from the log"
 
 
 def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up(

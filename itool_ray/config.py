@@ -98,7 +98,7 @@ class ReplicaConfig(_Section):
     num_gpus: float = Field(0, ge=0)  # per replica; 0 = CPU engine
     num_cpus: float = Field(1, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
-    # Custom Ray resources per replica (and per mining actor): pins engines to a node type, e.g. {h100: 1}
+    # Custom Ray resources per replica: pins engines to a node type, e.g. {h100: 1}
     # with `resources: {h100: 8}` on that type in cluster.yaml, so a restart never lands on a smaller GPU.
     resources: dict[str, float] = Field(default_factory=dict)
     max_restarts: int = Field(3, ge=0)
@@ -114,6 +114,9 @@ class MiningConfig(_Section):
     batch_size: int = Field(32, ge=1)
     concurrency: int = Field(1, ge=1)  # Ray Data router actors sending batches to the fleet (>= replicas)
     rule: Literal["wrong_or_hard", "wrong", "hard"] = "wrong_or_hard"
+    # Custom Ray resources per router actor (it uses no CPU): a small share of a resource only the stage
+    # nodes have, e.g. {stage_node: 0.01}, keeps it off a head node that runs no stage work.
+    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class MCTSConfig(_Section):

@@ -128,6 +128,7 @@ def run_mining(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.mining.concurrency),
             num_cpus=0,  # a router: the work is the fleet's
+            **({"resources": dict(cfg.mining.resources)} if cfg.mining.resources else {}),
             # A client that dies restarts; the batch it held is retried a bounded number of times
             # (Ray Data's own default is to retry forever).
             max_restarts=cfg.replicas.max_restarts,

@@ -56,6 +56,10 @@ def test_job_on_nodes_that_share_no_disk_runs_on_the_workers_and_frees_everythin
     cmd += ["--", "python", "jobs/pipeline.py", "--config", "tiny", "--run.root", root]
     cmd += ["--run.data_dir", data_dir, "--run.name", "nodes"]
     cmd += ["--replicas.resources", place, "--distributed.resources_per_worker", place]
+    cmd += [
+        "--mining.resources",
+        f"{{{STAGE_RESOURCE}: 0.01}}",
+    ]  # the router too: the head runs no stage work
     for _ in range(12):  # the head's job agent can lag behind its dashboard
         out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
         if "No available agent to submit job" not in out.stdout + out.stderr:

@@ -111,7 +111,7 @@ def test_library_records_reach_the_file_but_not_the_console(log_file, capsys, mo
     try:
         logs.setup_console(verbose=False)
         logs.log_to_file(str(log_file))  # setup_console keeps the file handler; re-open after it anyway
-        logging.getLogger("vllm.config").info("engine configuration: 3 KB of it")
+        logging.getLogger("somelib.config").info("engine configuration: 3 KB of it")
         logging.getLogger("itool").info("[1/3] data ...")
         logging.getLogger("urllib3.connectionpool").warning("a library warning")
         logging.getLogger("urllib3.connectionpool").error("a library error")

@@ -414,7 +414,6 @@ def test_console_keeps_the_projects_lines_and_the_log_file_keeps_the_libraries(t
     assert any(logs.is_library_output(line.split(") ", 1)[1]) for line in forwarded), log_file[-6000:]
     for own in ("[6/6] iter_1/mine ...", "sft: step 6/6", "fleet: 1 replica(s) started", "log file: "):
         assert own in console, f"{own!r} is missing from the console"
-    assert len(console.splitlines()) < 60, console
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from itool_ray.config import Config, ConfigError, build_config, deep_merge
+from itool_ray.eval.report import eval_file, format_interval
 from itool_ray.eval.stats import compare_records
 
 log = logging.getLogger("itool")
@@ -102,7 +103,7 @@ def _final(cfg: Config) -> str:
 
 
 def _records(run: Any, stage: str) -> dict[str, list[dict[str, Any]]]:
-    rel = "evals/base.json" if stage == "base" else f"{stage}/eval.json"
+    rel = eval_file(stage)
     if not run.exists(rel):
         return {}
     data = run.read_json(rel)
@@ -140,11 +141,7 @@ def comparison(
 
 
 def _iv(cell: dict[str, Any], key: str) -> str:
-    iv = cell.get(key)
-    if iv is None:
-        return "–"
-    mark = "*" if iv["lo"] > 0 or iv["hi"] < 0 else ""
-    return f"{100 * iv['diff']:+.1f} [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]{mark}"
+    return format_interval(cell[key]) if key in cell else "–"
 
 
 def comparison_table(out: dict[str, Any]) -> str:

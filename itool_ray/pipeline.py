@@ -425,12 +425,13 @@ def _mined(ctx: Context, k: int) -> list[dict[str, Any]]:
     return read_mined(ctx.run.url(f"iter_{k}", "deficient.parquet"))
 
 
-def _search_samples(ctx: Context, k: int) -> list[Any]:
-    """The deficient samples iteration ``k`` searches (or, with ``mcts.search: false``, would have)."""
+def _search_samples(ctx: Context, mined: list[dict[str, Any]]) -> list[Any]:
+    """The deficient samples an iteration searches (or, with ``mcts.search: false``, would have), from its
+    mined rows."""
     from itool_ray.mining import deficient_samples
 
     return deficient_samples(
-        _mined(ctx, k),
+        mined,
         limit=ctx.cfg.mcts.max_trees,
         per_category=ctx.cfg.mcts.trees_per_category,
         priority=ctx.cfg.mcts.tree_priority,
@@ -443,7 +444,7 @@ def stage_search(ctx: Context, k: int) -> None:
 
     name = f"iter_{k}/search"
     with ctx.run.stage(name) as st:
-        samples = _search_samples(ctx, k) if ctx.cfg.mcts.search else []
+        samples = _search_samples(ctx, _mined(ctx, k)) if ctx.cfg.mcts.search else []
         tok = ctx.tokenizer()
         tasks = [
             SearchTask(s, render_prompt(tok, s.tools, s.messages, style=ctx.cfg.data.prompt_style))
@@ -501,13 +502,14 @@ def stage_pairs(ctx: Context, k: int) -> None:
 
     name = f"iter_{k}/pairs"
     with ctx.run.stage(name) as st:
-        rows = [r for r in _mined(ctx, k) if r["deficient"]]
+        mined = _mined(ctx, k)
+        rows = [r for r in mined if r["deficient"]]
         samples = {r["id"]: Sample.model_validate(json.loads(r["sample"])) for r in rows}
         text = ctx.run.read_text(f"iter_{k}/trees.jsonl")
         trees = [Tree.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
         # Ground-truth pairs for the samples this iteration searched (all deficient ones without
         # mcts.max_trees), or would have searched (mcts.search: false).
-        searched = {t.sample_id for t in trees} | {s.id for s in _search_samples(ctx, k)}
+        searched = {t.sample_id for t in trees} | {s.id for s in _search_samples(ctx, mined)}
         deficient = [
             (samples[r["id"]], a)
             for r in rows

@@ -12,11 +12,14 @@ from itool_ray.eval.stats import compare_records
 from itool_ray.rundir import RunDir
 
 
+def eval_file(stage: str) -> str:
+    """Where a stage's evaluation is, relative to its run directory."""
+    return "evals/base.json" if stage == "base" else f"{stage}/eval.json"
+
+
 def _eval_files(cfg: Config) -> list[tuple[str, str]]:
-    files = [("base", "evals/base.json"), ("warmup", "warmup/eval.json")]
-    files += [(f"iter_{k}", f"iter_{k}/eval.json") for k in range(1, cfg.run.iterations + 1)]
-    files += [(c, f"{c}/eval.json") for c in ("control", "control_targeted")]
-    return files
+    stages = ["base", "warmup", *(f"iter_{k}" for k in range(1, cfg.run.iterations + 1))]
+    return [(s, eval_file(s)) for s in [*stages, "control", "control_targeted"]]
 
 
 def collect_results(run: RunDir, cfg: Config) -> dict[str, Any]:
@@ -90,7 +93,8 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _points(iv: dict[str, Any]) -> str:
+def format_interval(iv: dict[str, Any]) -> str:
+    """``+5.0 [+1.0, +9.0]*`` in points; ``*``: the interval excludes zero."""
     mark = "*" if iv["lo"] > 0 or iv["hi"] < 0 else ""
     return f"{100 * iv['diff']:+.1f} [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]{mark}"
 
@@ -103,9 +107,11 @@ def intervals_table(intervals: dict[str, dict[str, dict[str, Any]]]) -> str:
     sep = "|---|---:|" + "---:|" * len(cats) + "---:|---:|"
     lines = [head, sep]
     for name, ivs in intervals.items():
-        cells = " | ".join(_points(ivs[c]) if c in ivs else "–" for c in cats)
+        cells = " | ".join(format_interval(ivs[c]) if c in ivs else "–" for c in cats)
         ov = ivs["overall"]
-        lines.append(f"| {name} | **{_points(ov)}** | {cells} | {ov['n']} | ±{100 * ov['detectable']:.1f} |")
+        lines.append(
+            f"| {name} | **{format_interval(ov)}** | {cells} | {ov['n']} | ±{100 * ov['detectable']:.1f} |"
+        )
     return "\n".join(lines)
 
 

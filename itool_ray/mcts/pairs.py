@@ -199,21 +199,32 @@ def response_pairs(
     if r_chosen < max(cfg.q_floor, cfg.min_chosen_reward) - _EPS:
         stats.chosen_not_good += 1
         return []
-    return [
-        _pair(
-            sample,
-            "",
-            chosen,
-            rejected,
-            iteration=iteration,
-            depth=0,
-            q_chosen=r_chosen,
-            q_rejected=r_rejected,
-            reward_chosen=r_chosen,
-            reward_rejected=r_rejected,
-            origin=MCTS_RESPONSE,
-        )
-    ]
+    return [_whole_answer_pair(sample, chosen, rejected, r_chosen, r_rejected, iteration, MCTS_RESPONSE)]
+
+
+def _whole_answer_pair(
+    sample: Sample,
+    chosen: str,
+    rejected: str,
+    r_chosen: float,
+    r_rejected: float,
+    iteration: int,
+    origin: str,
+) -> dict[str, Any]:
+    """Two complete answers, no shared prefix (depth 0); each side's Q is its reward."""
+    return _pair(
+        sample,
+        "",
+        chosen,
+        rejected,
+        iteration=iteration,
+        depth=0,
+        q_chosen=r_chosen,
+        q_rejected=r_rejected,
+        reward_chosen=r_chosen,
+        reward_rejected=r_rejected,
+        origin=origin,
+    )
 
 
 def ground_truth_pair(
@@ -243,19 +254,7 @@ def ground_truth_pair(
         if shape is not None and len(shape) != len(sample.answer):
             stats.gt_call_count += 1
             return None
-    return _pair(
-        sample,
-        "",
-        truth,
-        policy_answer,
-        iteration=iteration,
-        depth=0,
-        q_chosen=q_truth,
-        q_rejected=q_policy,
-        reward_chosen=q_truth,
-        reward_rejected=q_policy,
-        origin=GROUND_TRUTH,
-    )
+    return _whole_answer_pair(sample, truth, policy_answer, q_truth, q_policy, iteration, GROUND_TRUTH)
 
 
 def _shape(text: str, tool_names: list[str]) -> list[tuple[str, tuple[str, ...]]] | None:

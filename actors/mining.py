@@ -5,28 +5,21 @@
 
 The UDF hosts no engine: it routes each batch over the fleet's replicas (``ReplicaPool.attach``: least
 load, retry on a replica that died), so mining, search and evaluation of one policy share one fleet.
-Each batch holds ``{"id", "sample"}`` rows (the Sample as JSON text). For every sample the policy
-answers once greedily and ``samples_per_prompt`` times at the mining temperature, all in one engine
-call; the ground-truth answer (+ end of turn) is scored in one more. ``itool_ray.mining.mine_record``
-turns that into a row.
+Each batch holds ``{"id", "sample"}`` rows (the Sample as JSON text). What is asked of the policy and the
+row that comes out are ``itool_ray.mining``'s (``mining_requests``, ``mined_rows``); this class only
+renders prompts and routes.
 """
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from actors.pool import FleetHandle, ReplicaPool
 from itool_ray.config import Config
-from itool_ray.data.schema import Sample
-from itool_ray.engines.base import EngineError, GenerationRequest
-from itool_ray.mining import arrow_schema, mine_record
+from itool_ray.data.io import sample_from_row
+from itool_ray.engines.base import EngineError
+from itool_ray.mining import arrow_schema, mined_rows, mining_requests
 from itool_ray.storage import local_copy
-
-
-def sample_seed(run_seed: int, sample_id: str) -> int:
-    """A per-sample sampling seed: the same answers whichever batch, actor or retry serves the sample."""
-    return (run_seed * 1_000_003 + zlib.crc32(sample_id.encode())) % 2**31
 
 
 class MiningScorer:
@@ -46,39 +39,15 @@ class MiningScorer:
     def __call__(self, batch: Any) -> Any:  # pyarrow.Table -> pyarrow.Table
         import pyarrow as pa
 
-        from itool_ray.prompts import render_answer, render_prompt
+        from itool_ray.prompts import render_prompt
 
-        samples = [Sample.model_validate_json(s) for s in batch.column("sample").to_pylist()]
-        style, max_tokens = self.cfg.data.prompt_style, self.cfg.data.max_answer_tokens
-        k, temperature = self.cfg.mining.samples_per_prompt, self.cfg.mining.temperature
+        samples = [sample_from_row(s) for s in batch.column("sample").to_pylist()]
+        style = self.cfg.data.prompt_style
         prompts = [render_prompt(self.tokenizer, s.tools, s.messages, style=style) for s in samples]
-        requests = [GenerationRequest(p, n=1, max_tokens=max_tokens, stop=[self.stop]) for p in prompts]
-        if k:
-            requests += [
-                GenerationRequest(
-                    p,
-                    n=k,
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    stop=[self.stop],
-                    seed=sample_seed(self.cfg.run.seed, s.id),
-                )
-                for p, s in zip(prompts, samples, strict=True)
-            ]
-        pairs = [(p, render_answer(s.answer) + self.stop) for p, s in zip(prompts, samples, strict=True)]
+        requests, gt_pairs = mining_requests(samples, prompts, stop=self.stop, cfg=self.cfg)
         try:
             results = self.fleet.generate(requests)
-            gt = self.fleet.score_many(pairs)
+            gt = self.fleet.score_batch(gt_pairs)
         except EngineError as e:
             raise EngineError(f"mining samples {samples[0].id} … {samples[-1].id}: {e}") from e
-        n = len(samples)
-        rows = [
-            mine_record(
-                s,
-                results[i].completions[0].text,
-                [c.text for c in results[n + i].completions] if k else [],
-                gt[i],
-            )
-            for i, s in enumerate(samples)
-        ]
-        return pa.Table.from_pylist(rows, schema=self.schema)
+        return pa.Table.from_pylist(mined_rows(samples, results, gt, self.cfg), schema=self.schema)

@@ -29,7 +29,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
-from actors.replica import BASE_VERSION, PolicyReplica, cpu_engine_config, replica_options
+from actors.placement import cpu_engine_config, engine_kwargs, replica_options
+from actors.replica import BASE_VERSION, PolicyReplica
 from itool_ray.config import Config, EngineConfig, ReplicaConfig
 from itool_ray.engines.base import EngineError, GenerationRequest, GenerationResult
 
@@ -98,16 +99,15 @@ class ReplicaPool:
         self.generation = 0  # bumped by every reload; replicas ignore stale reload and sync calls
         engine_cfg = cpu_engine_config(engine_cfg, replica_cfg)
         options = replica_options(replica_cfg, engine_cfg)
-        engine_kwargs = (
-            {"tensor_parallel_size": replica_cfg.tensor_parallel_size}
-            if replica_cfg.tensor_parallel_size > 1
-            else {}
-        )
         self.replicas = [
             _Replica(
                 i,
                 PolicyReplica.options(**options).remote(
-                    model_dir, engine_cfg, dtype=dtype, seed=seed + i, engine_kwargs=engine_kwargs
+                    model_dir,
+                    engine_cfg,
+                    dtype=dtype,
+                    seed=seed + i,
+                    engine_kwargs=engine_kwargs(replica_cfg),
                 ),
             )
             for i in range(replica_cfg.num_replicas)
@@ -339,16 +339,16 @@ class ReplicaPool:
         """Serve a batch across the replicas; ``keys[i]`` pins request i's replica (None: any)."""
         return self._dispatch("generate", requests, keys)
 
-    def score_many(
+    def score_batch(
         self,
         pairs: Sequence[tuple[str | list[int], str | list[int]]],
         keys: Sequence[Hashable | None] | None = None,
     ) -> list[list[float]]:
         """Continuation token logprobs for many (prompt, continuation) pairs, spread over the replicas."""
-        return self._dispatch("score", list(pairs), keys)
+        return self._dispatch("score_batch", list(pairs), keys)
 
     def score(self, prompt: str | list[int], continuation: str | list[int]) -> list[float]:
-        return self.score_many([(prompt, continuation)])[0]
+        return self.score_batch([(prompt, continuation)])[0]
 
     # ------------------------------------------------------------------------------------------ weights
     def load_weights(self, checkpoint_dir: str, version: str | None = None) -> dict[int, str]:

@@ -1,6 +1,6 @@
 """PolicyReplica: one Ray actor hosting one generation engine (DESIGN §4, policy replicas).
 
-    engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
+    engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)                  # actors/placement.py
     replica = PolicyReplica.options(**replica_options(cfg.replicas, engine_cfg)).remote(model_dir, engine_cfg)
     ray.get(replica.ready.remote())
 
@@ -14,52 +14,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
 
-from itool_ray.config import EngineConfig, ReplicaConfig
-from itool_ray.engines import resolve_kind
+from actors.placement import host_engine
+from itool_ray.config import EngineConfig
 from itool_ray.engines.base import EngineError, GenerationRequest, GenerationResult
 from itool_ray.storage import local_copy
 
 BASE_VERSION = "base"
-
-
-def replica_options(rcfg: ReplicaConfig, engine_cfg: EngineConfig) -> dict[str, Any]:
-    """Ray actor options for one replica: resources, restart policy and environment, from config.
-
-    A GPU replica takes ``num_gpus`` (at least ``tensor_parallel_size``: one GPU per shard). A CPU
-    replica takes ``num_cpus`` cores and starts with the thread settings its engine needs before torch
-    is imported (vLLM's ``cpu_env``). Several CPU replicas share a node's cores, so vLLM's
-    multi-process mode must not pin them all to the same cores ("nobind").
-    """
-    options: dict[str, Any] = {
-        "num_cpus": rcfg.num_cpus,
-        "num_gpus": max(rcfg.num_gpus, rcfg.tensor_parallel_size) if rcfg.num_gpus > 0 else 0,
-        "max_restarts": rcfg.max_restarts,
-        "max_task_retries": 0,
-    }
-    if rcfg.resources:
-        options["resources"] = dict(rcfg.resources)
-    if rcfg.num_gpus == 0:
-        env = {"OMP_NUM_THREADS": str(engine_cfg.cpu_threads)}
-        if resolve_kind(engine_cfg.kind) == "vllm":
-            from itool_ray.engines.vllm import cpu_env
-
-            env = cpu_env(engine_cfg)
-            if rcfg.num_replicas > 1:
-                env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-        options["runtime_env"] = {"env_vars": env}
-    return options
-
-
-def cpu_engine_config(engine_cfg: EngineConfig, rcfg: ReplicaConfig) -> EngineConfig:
-    """A CPU replica's engine uses its configured threads, but no more than the cores Ray reserved for it."""
-    if rcfg.num_gpus > 0:
-        return engine_cfg
-    threads = max(1, min(engine_cfg.cpu_threads, int(rcfg.num_cpus)))
-    return engine_cfg.model_copy(update={"cpu_threads": threads})
 
 
 @ray.remote(concurrency_groups={"control": 1})
@@ -76,21 +42,8 @@ class PolicyReplica:
         version: str = BASE_VERSION,
         engine_kwargs: dict[str, Any] | None = None,
     ):
-        from itool_ray.engines import make_engine
-
-        if ray.get_gpu_ids():
-            import torch
-
-            if not torch.cuda.is_available():  # else the engine would quietly serve from the CPU
-                raise EngineError(
-                    f"replica on node {ray.get_runtime_context().get_node_id()[:12]}: Ray gave it GPUs "
-                    f"{ray.get_gpu_ids()} but torch {torch.__version__} cannot use CUDA (driver too old for "
-                    "this torch build?)"
-                )
         self.started = time.time()
-        self.engine = make_engine(
-            engine_cfg.kind, model_dir, engine_cfg, dtype=dtype, seed=seed, **(engine_kwargs or {})
-        )
+        self.engine = host_engine(model_dir, engine_cfg, dtype=dtype, seed=seed, **(engine_kwargs or {}))
         self.version = version
         self.generation = 0  # reloads applied (the pool's count, see load_weights)
         self.requests = 0
@@ -102,17 +55,23 @@ class PolicyReplica:
         self.errors = 0
         self.busy_s = 0.0
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    @contextmanager
+    def _serving(self, n: int) -> Iterator[None]:
+        """Count a batch of ``n`` items while it is served: in flight, busy time, errors."""
         t0 = time.perf_counter()
-        self.in_flight += len(requests)
+        self.in_flight += n
         try:
-            results = self.engine.generate(requests)
+            yield
         except Exception:
             self.errors += 1
             raise
         finally:
-            self.in_flight -= len(requests)
+            self.in_flight -= n
             self.busy_s += time.perf_counter() - t0
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        with self._serving(len(requests)):
+            results = self.engine.generate(requests)
         self.batches += 1
         self.requests += len(requests)
         for r in results:
@@ -120,19 +79,10 @@ class PolicyReplica:
             self.tokens += sum(len(c.token_ids) for c in r.completions)
         return results
 
-    def score(self, pairs: list[tuple[str | list[int], str | list[int]]]) -> list[list[float]]:
+    def score_batch(self, pairs: list[tuple[str | list[int], str | list[int]]]) -> list[list[float]]:
         """Continuation token logprobs for each (prompt, continuation) pair."""
-        t0 = time.perf_counter()
-        self.in_flight += len(pairs)
-        try:
-            batch = getattr(self.engine, "score_batch", None)
-            out = batch(pairs) if batch else [self.engine.score(p, c) for p, c in pairs]
-        except Exception:
-            self.errors += 1
-            raise
-        finally:
-            self.in_flight -= len(pairs)
-            self.busy_s += time.perf_counter() - t0
+        with self._serving(len(pairs)):
+            out = self.engine.score_batch(pairs)
         self.scored += len(pairs)
         return out
 

@@ -5,7 +5,7 @@
     stop_server()                          # serve.shutdown(): frees the port, leaves Ray running
 
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health`` (never needs the key).
-The request <-> prompt/answer translation lives in itool_ray/serve.py; this module does the I/O:
+The request <-> prompt/answer translation lives in itool_ray/openai_api.py; this module does the I/O:
 
 - Bounded input: a body over ``serve.max_body_bytes`` is refused with 413 (by Content-Length before
   reading, and while reading for chunked bodies); malformed JSON and schema errors are 400 with an
@@ -40,7 +40,7 @@ from ray.serve.config import BackpressureConfig
 
 from itool_ray.config import Config, ConfigError, ServeConfig
 from itool_ray.engines.base import GenerationRequest, GenerationResult
-from itool_ray.serve import (
+from itool_ray.openai_api import (
     RequestError,
     chat_response,
     error_body,
@@ -72,8 +72,7 @@ class ChatServer:
     def __init__(self, model: str, cfg: Config, api_key: str | None):
         from transformers import AutoTokenizer
 
-        from actors.replica import cpu_engine_config
-        from itool_ray.engines import make_engine
+        from actors.placement import cpu_engine_config, engine_kwargs, host_engine
         from itool_ray.prompts import end_of_turn
         from itool_ray.storage import local_copy
 
@@ -84,8 +83,8 @@ class ChatServer:
         self.model_id = cfg.serve.model_name  # clients see this name, never the checkpoint's path
         self.created = int(time.time())
         engine_cfg = cpu_engine_config(cfg.engine, cfg.replicas)
-        self.engine = make_engine(
-            engine_cfg.kind, model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed
+        self.engine = host_engine(
+            model_dir, engine_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed, **engine_kwargs(cfg.replicas)
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.stop = [end_of_turn(self.tokenizer)]
@@ -178,7 +177,7 @@ class ChatServer:
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
     """Serve options from config: resources like a PolicyReplica's, and the overload limits."""
-    from actors.replica import cpu_engine_config, replica_options
+    from actors.placement import cpu_engine_config, replica_options
 
     actor = replica_options(cfg.replicas, cpu_engine_config(cfg.engine, cfg.replicas))
     return {

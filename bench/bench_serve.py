@@ -1,5 +1,5 @@
 """Load on `itool serve`: requests/s, latency percentiles and status codes, at and beyond the configured
-concurrency, from a second process on 127.0.0.1 (itool_ray/loadgen.py).
+concurrency, from a second process on 127.0.0.1 (bench/loadgen.py).
 
     python bench/bench_serve.py                                   # tiny model, hf engine, 20 s per phase
     python bench/bench_serve.py --model runs/quickstart/warmup/ckpt --engine vllm --concurrency 8
@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 def _phase(url: str, clients: int, seconds: float, key: str, max_tokens: int) -> dict:
-    cmd = [sys.executable, "-m", "itool_ray.loadgen", "--url", url, "--api-key", key]
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "loadgen.py"), "--url", url, "--api-key", key]
     cmd += ["--clients", str(clients), "--seconds", str(seconds), "--max-tokens", str(max_tokens)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(proc.stdout)

@@ -147,8 +147,8 @@ def _cmd_model(args: argparse.Namespace, cfg: Config) -> int:
 def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     import json
 
+    from itool_ray.driver.report import results_table
     from itool_ray.engines import make_engine
-    from itool_ray.eval.report import results_table
     from itool_ray.models import load_tokenizer, resolve_model
 
     model_dir = resolve_model(args.model, data_dir=cfg.run.data_dir)
@@ -203,8 +203,8 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
 
 def _cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     from actors.serve_app import serve_forever
+    from itool_ray.driver.pipeline import init_ray
     from itool_ray.models import resolve_model
-    from itool_ray.pipeline import init_ray
 
     init_ray()
     serve_forever(resolve_model(args.model, data_dir=cfg.run.data_dir), cfg)
@@ -214,11 +214,11 @@ def _cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args, rest = _parser().parse_known_args(argv)
     logs.setup_console(args.verbose)
-    from itool_ray.compare import CompareError
     from itool_ray.data.io import DatasetError
+    from itool_ray.driver.compare import CompareError
+    from itool_ray.driver.pipeline import PlanError, StageFailed
+    from itool_ray.driver.rundir import WARMUP, RunDirError, RunLayout
     from itool_ray.models import ModelError
-    from itool_ray.pipeline import PlanError, StageFailed
-    from itool_ray.rundir import RunDirError
 
     try:
         if rest and not hasattr(args, "config"):
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             return _cmd_model(args, cfg)
         if args.command in ("run", "warmup"):
-            from itool_ray.eval.report import collect_results, intervals_table, results_table, stage_rows
-            from itool_ray.pipeline import run_pipeline
+            from itool_ray.driver.pipeline import run_pipeline
+            from itool_ray.driver.report import collect_results, intervals_table, results_table, stage_rows
 
-            until = "eval_warmup" if args.command == "warmup" else None
+            until = RunLayout.eval_stage(WARMUP) if args.command == "warmup" else None
             run = run_pipeline(cfg, restart_from=getattr(args, "restart_from", None), until=until)
             results = collect_results(run, cfg)
             if stage_rows(results):
@@ -249,17 +249,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nrun directory: {run.uri}  (wall time {results['wall_s'] / 60:.1f} min)")
             return 0
         if args.command == "iterate":
-            from itool_ray.pipeline import run_pipeline
+            from itool_ray.driver.pipeline import run_pipeline
 
-            run = run_pipeline(cfg, until=f"iter_{args.iteration}/{args.stage}", redo=True)
+            run = run_pipeline(cfg, until=RunLayout.step(args.iteration, args.stage), redo=True)
             print(f"run directory: {run.uri}")
             return 0
         if args.command == "compare":
-            from itool_ray.compare import comparison_table, load_variants, run_compare
+            from itool_ray.driver.compare import comparison_table, load_variants, run_compare
 
             out = run_compare(cfg, load_variants(args.variants))
             print("\n" + comparison_table(out))
-            print(f"\nwritten to {cfg.run.dir}/compare/{{results.json, compare.md}}")
+            print(f"\nwritten to {cfg.run.dir}/{RunLayout.COMPARE_RESULTS}, {RunLayout.COMPARE_TABLE}")
             return 0
         if args.command == "eval":
             return _cmd_eval(args, cfg)

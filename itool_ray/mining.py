@@ -1,8 +1,14 @@
-"""Deficiency mining, the pure part (DESIGN §1): per-sample records, the deficiency rule, the summary.
+"""Deficiency mining, the pure part (DESIGN §1): what is asked of the policy, the mined row, the
+deficiency rule, the summary, and what the later stages read back from the rows.
 
-    row = mine_record(sample, greedy, sampled, gt_logprobs)     # in the Ray Data UDF, one per sample
+    requests, gt_pairs = mining_requests(samples, prompts, stop=eot, cfg=cfg)   # in the Ray Data UDF
+    rows = mined_rows(samples, fleet.generate(requests), fleet.score_batch(gt_pairs), cfg)
     rows = apply_rule(rows, ratio=0.3, rule="wrong_or_hard")     # on the driver: needs every perplexity
     summary = summarize(rows)
+    deficient_samples(rows, limit=…), deficient_answer(row), row_sample(row)   # search and pairs stages
+
+For every sample the policy answers once greedily and ``mining.samples_per_prompt`` times at the mining
+temperature (seeded per sample), and the ground-truth answer (+ end of turn) is scored once.
 
 A sample is deficient when the policy answers it wrongly (the greedy answer or any sampled answer has
 reward < 1, i.e. is not an exact match), or when its ground truth is among the hardest ``ratio`` of its
@@ -15,13 +21,16 @@ travels as JSON text in ``sample`` because tool schemas differ from row to row.
 
 from __future__ import annotations
 
-import json
 import math
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from itool_ray.config import Config
+from itool_ray.data.io import sample_from_row
 from itool_ray.data.schema import Sample
+from itool_ray.engines.base import GenerationRequest, GenerationResult
 
 Rule = Literal["wrong_or_hard", "wrong", "hard"]
 # rule -> the reasons that make a sample deficient under it
@@ -58,6 +67,55 @@ def arrow_schema() -> Any:  # -> pyarrow.Schema
             ("sample", pa.string()),  # the Sample as JSON text: tool schemas differ from row to row
         ]
     )
+
+
+def sample_seed(run_seed: int, sample_id: str) -> int:
+    """A per-sample sampling seed: the same answers whichever batch, actor or retry serves the sample."""
+    return (run_seed * 1_000_003 + zlib.crc32(sample_id.encode())) % 2**31
+
+
+def mining_requests(
+    samples: Sequence[Sample], prompts: Sequence[str], *, stop: str, cfg: Config
+) -> tuple[list[GenerationRequest], list[tuple[str, str]]]:
+    """What mining asks of the policy for ``samples`` (with their rendered prompts): the generation
+    requests (every greedy one, then every sampled one) and the (prompt, ground truth) pairs to score."""
+    from itool_ray.prompts import render_answer
+
+    max_tokens, k = cfg.data.max_answer_tokens, cfg.mining.samples_per_prompt
+    requests = [GenerationRequest(p, n=1, max_tokens=max_tokens, stop=[stop]) for p in prompts]
+    if k:
+        requests += [
+            GenerationRequest(
+                p,
+                n=k,
+                max_tokens=max_tokens,
+                temperature=cfg.mining.temperature,
+                stop=[stop],
+                seed=sample_seed(cfg.run.seed, s.id),
+            )
+            for p, s in zip(prompts, samples, strict=True)
+        ]
+    gt_pairs = [(p, render_answer(s.answer) + stop) for p, s in zip(prompts, samples, strict=True)]
+    return requests, gt_pairs
+
+
+def mined_rows(
+    samples: Sequence[Sample],
+    results: Sequence[GenerationResult],
+    gt_logprobs: Sequence[Sequence[float]],
+    cfg: Config,
+) -> list[dict[str, Any]]:
+    """The rows of one batch from the answers to ``mining_requests`` and the ground truths' logprobs."""
+    n, k = len(samples), cfg.mining.samples_per_prompt
+    return [
+        mine_record(
+            s,
+            results[i].completions[0].text,
+            [c.text for c in results[n + i].completions] if k else [],
+            gt_logprobs[i],
+        )
+        for i, s in enumerate(samples)
+    ]
 
 
 def perplexity(logprobs: Sequence[float]) -> float:
@@ -239,4 +297,22 @@ def deficient_samples(
                 depth += 1
             ranked = picked
         kept = sorted(ranked[:limit], key=lambda t: t[0])
-    return [Sample.model_validate(json.loads(r["sample"])) for _, r in kept]
+    return [row_sample(r) for _, r in kept]
+
+
+def row_sample(row: dict[str, Any]) -> Sample:
+    """The Sample a mined row is about."""
+    return sample_from_row(row["sample"])
+
+
+def deficient_answer(row: dict[str, Any]) -> str | None:
+    """The policy's deficient answer for a ground-truth pair: the greedy one if wrong, else the worst
+    sampled one (None when every answer was right)."""
+    if not row["greedy_exact"]:
+        return row["greedy_text"]
+    wrong = [
+        (s, t)
+        for s, t, e in zip(row["sampled_scores"], row["sampled_texts"], row["sampled_exact"], strict=True)
+        if not e
+    ]
+    return min(wrong)[1] if wrong else None

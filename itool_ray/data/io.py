@@ -272,6 +272,17 @@ def _read_parquet(path: str, report: LoadReport) -> Iterator[tuple[int, Any]]:
                 yield row, prune_nulls(rec)
 
 
+def sample_from_row(row: dict[str, Any] | str) -> Sample:
+    """The one way back from a stored Sample: its JSON text (a JSONL line, a mined row's ``sample``) or a
+    Parquet row (nested fields as JSON text, Arrow's nulls for missing keys). Raises SampleError."""
+    d = json.loads(row) if isinstance(row, str) else prune_nulls(row)
+    if isinstance(d, dict):
+        for key in JSON_FIELDS:
+            if isinstance(d.get(key), str):
+                d[key] = json.loads(d[key])
+    return Sample.from_dict(d)
+
+
 def prune_nulls(value: Any) -> Any:
     """Drop null-valued keys from every object, recursively.
 

@@ -50,6 +50,10 @@ class Engine(Protocol):
         """Token logprobs of ``continuation`` given ``prompt`` (ground-truth perplexity)."""
         ...
 
+    def score_batch(self, items: list[tuple[str | list[int], str | list[int]]]) -> list[list[float]]:
+        """``score`` for many (prompt, continuation) pairs in one batch, in order."""
+        ...
+
     def load_weights(self, checkpoint_dir: str) -> None:
         """Replace the weights with a Hugging Face checkpoint of the same architecture."""
         ...

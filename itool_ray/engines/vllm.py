@@ -167,12 +167,7 @@ class VLLMEngine:
                 )
             except (ValueError, VLLMValidationError) as e:  # n < 1, max_tokens < 1, top_p out of range, ...
                 raise EngineError(f"request {i}: {e}") from e
-        try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        except Exception as e:
-            raise EngineError(
-                f"vllm engine: generate failed on a batch of {len(requests)}: {type(e).__name__}: {e}"
-            ) from e
+        outputs = self._run(prompts, params, f"generate failed on a batch of {len(requests)}")
         results = []
         for i, (r, out) in enumerate(zip(requests, outputs, strict=True)):
             completions = []
@@ -186,6 +181,13 @@ class VLLMEngine:
                 completions.append(Completion(c.text, token_ids, logprobs, c.finish_reason))
             results.append(GenerationResult(completions))
         return results
+
+    def _run(self, prompts: list[Any], params: Any, failure: str) -> list[Any]:
+        """One ``LLM.generate`` call; any failure inside vLLM is an EngineError saying what failed."""
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:
+            raise EngineError(f"vllm engine: {failure}: {type(e).__name__}: {e}") from e
 
     def _request_seed(self, r: GenerationRequest) -> int | None:
         if r.seed is None or r.temperature <= 0:
@@ -213,12 +215,7 @@ class VLLMEngine:
         )
         prompts = [_tokens_prompt(seq) for seq in seqs]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        except Exception as e:
-            raise EngineError(
-                f"vllm engine: scoring failed on {len(items)} items: {type(e).__name__}: {e}"
-            ) from e
+        outputs = self._run(prompts, params, f"scoring failed on {len(items)} items")
         scores = []
         for out, n in zip(outputs, lens, strict=True):
             ids = out.prompt_token_ids

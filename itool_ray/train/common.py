@@ -67,6 +67,27 @@ def global_batch(micro_batch_size: int, grad_accum: int, world_size: int) -> int
     return micro_batch_size * grad_accum * world_size
 
 
+def starting_point(
+    model_dir: str, cfg: Any, *, micro_batch_size: int, grad_accum: int
+) -> tuple[str, Any, int]:
+    """What every training job starts from: the model as a local directory (a hub id or the embedded
+    model resolved), its tokenizer, and the global batch over ``distributed.num_workers``."""
+    from itool_ray.models import load_tokenizer, resolve_model
+
+    model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
+    tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
+    return (
+        model_dir,
+        tokenizer,
+        global_batch(micro_batch_size, grad_accum, max(1, cfg.distributed.num_workers)),
+    )
+
+
+def checkpoint_steps(every: int, total_steps: int) -> list[int]:
+    """The steps after which a job checkpoints (every ``every`` steps, not the last; none when 0)."""
+    return list(range(every, total_steps, every)) if every > 0 else []
+
+
 LENGTH_WINDOW_BATCHES = 8  # length grouping sorts within windows of this many global batches
 
 

@@ -26,10 +26,19 @@ Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from itool_ray.config import Config
-from itool_ray.train.common import TrainError, TrainResult, encode, global_batch, schedule_rows, steps_for
+from itool_ray.train.common import (
+    TrainError,
+    TrainResult,
+    checkpoint_steps,
+    encode,
+    schedule_rows,
+    starting_point,
+    steps_for,
+)
 from itool_ray.train.ray_train import TrainJob, run_job
 
 DPO_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "robust": "robust"}
@@ -112,14 +121,14 @@ def run_preference(
 
     Per-step metrics include TRL's rewards/accuracies, rewards/margins, logps/chosen, logps/rejected.
     """
-    from itool_ray.models import load_tokenizer, resolve_model
     from itool_ray.train import trl_compat
 
     trl_compat.check()  # in the driver, before any worker starts
 
     t, d = cfg.train, cfg.distributed
-    model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
-    tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
+    model_dir, tokenizer, gb = starting_point(
+        model_dir, cfg, micro_batch_size=t.batch_size, grad_accum=t.grad_accum
+    )
     rows, skipped = pair_rows(
         tokenizer,
         pairs,
@@ -127,7 +136,6 @@ def run_preference(
         max_prompt_tokens=cfg.data.max_prompt_tokens,
         max_answer_tokens=cfg.data.max_answer_tokens,
     )
-    gb = global_batch(t.batch_size, t.grad_accum, max(1, d.num_workers))
     ordered = schedule_rows(rows, epochs=t.epochs, seed=cfg.run.seed, multiple=gb, length=_pair_length)
     total_steps = steps_for(len(ordered), gb)
     kind = "simpo" if t.loss == "simpo" else "dpo"
@@ -143,11 +151,9 @@ def run_preference(
         scheduler=SCHEDULER,
         warmup_steps=int(WARMUP_RATIO * total_steps),
         seed=cfg.run.seed,
-        options=_loss_options(cfg),
+        loss=_loss_options(cfg),
         lora=t.lora if t.lora.enabled else None,
-        checkpoint_steps=list(range(checkpoint_every_steps, total_steps, checkpoint_every_steps))
-        if checkpoint_every_steps > 0
-        else [],
+        checkpoint_steps=checkpoint_steps(checkpoint_every_steps, total_steps),
     )
     pair_tokens = [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in ordered]
     summary = {
@@ -169,21 +175,47 @@ def run_preference(
     return run_job(job, ordered, summary=summary)
 
 
-def _loss_options(cfg: Config) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DPOLoss:
+    """TRL DPOConfig's loss fields: the loss terms with their weights (``sft`` = NLL on chosen)."""
+
+    loss_type: tuple[str, ...]
+    loss_weights: tuple[float, ...]
+    beta: float
+    label_smoothing: float
+    precompute_ref_log_probs: bool
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {**asdict(self), "loss_type": list(self.loss_type), "loss_weights": list(self.loss_weights)}
+
+
+@dataclass(frozen=True)
+class SimPOLoss:
+    """TRL CPOConfig's loss fields for SimPO (reference-free; ``cpo_alpha`` weighs the NLL on chosen)."""
+
+    beta: float
+    simpo_gamma: float
+    cpo_alpha: float
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {"loss_type": "simpo", **asdict(self)}
+
+
+def _loss_options(cfg: Config) -> DPOLoss | SimPOLoss:
     t = cfg.train
     if t.loss == "simpo":
-        return {"loss_type": "simpo", "beta": t.beta, "simpo_gamma": t.simpo_gamma, "cpo_alpha": t.sft_weight}
+        return SimPOLoss(beta=t.beta, simpo_gamma=t.simpo_gamma, cpo_alpha=t.sft_weight)
     loss_type, weights = [DPO_LOSSES[t.loss]], [1.0]
     if t.sft_weight > 0:  # TRL 1.16 has no rpo_alpha: the NLL on chosen is the "sft" loss term
         loss_type.append("sft")
         weights.append(t.sft_weight)
-    return {
-        "loss_type": loss_type,
-        "loss_weights": weights,
-        "beta": t.beta,
-        "label_smoothing": ROBUST_LABEL_SMOOTHING if t.loss == "robust" else 0.0,
-        "precompute_ref_log_probs": t.precompute_ref_log_probs,
-    }
+    return DPOLoss(
+        loss_type=tuple(loss_type),
+        loss_weights=tuple(weights),
+        beta=t.beta,
+        label_smoothing=ROBUST_LABEL_SMOOTHING if t.loss == "robust" else 0.0,
+        precompute_ref_log_probs=t.precompute_ref_log_probs,
+    )
 
 
 def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[Any]) -> Any:
@@ -201,14 +233,14 @@ def build_preference_trainer(job: TrainJob, *, output_dir: str, callbacks: list[
         from trl.experimental.cpo import CPOConfig
 
         # Arguments before the model: under ZeRO-3 from_pretrained then builds it partitioned.
-        args = CPOConfig(**common, **job.options, max_length=None)
+        args = CPOConfig(**common, **job.loss.trl_kwargs(), max_length=None)
         trainer_cls = trl_compat.pretokenized_cpo_trainer()
     else:
         from trl import DPOConfig
 
         args = DPOConfig(
             **common,
-            **job.options,
+            **job.loss.trl_kwargs(),
             max_length=None,  # rows were length-checked when they were built
             precompute_ref_batch_size=2 * job.micro_batch_size,
         )

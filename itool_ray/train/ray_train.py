@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itool_ray import logs, storage
 from itool_ray.config import DistributedConfig, LoraConfig
 from itool_ray.train.common import METRICS_FILE, TrainError, TrainResult
 from itool_ray.train.deepspeed import GRADIENT_CLIPPING, build_deepspeed_config, init_deepspeed_comm
+
+if TYPE_CHECKING:
+    from itool_ray.train.preference import DPOLoss, SimPOLoss
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class TrainJob:
     scheduler: str
     warmup_steps: int
     seed: int
-    options: dict[str, Any] = field(default_factory=dict)  # trainer-specific (beta, loss_type …)
+    loss: DPOLoss | SimPOLoss | None = None  # the preference loss; None for SFT
     lora: LoraConfig | None = None
     checkpoint_steps: list[int] = field(default_factory=list)  # save a checkpoint after these steps
     crash_after_step: int | None = None  # fault injection (tests); see CRASH_AFTER_STEP_ENV
@@ -89,11 +92,12 @@ class TrainJob:
         )
 
     def fingerprint(self, rows_digest: str) -> str:
-        skip = ("build", "dist", "lora", "crash_after_step", "dataset_dir")
+        skip = ("build", "dist", "lora", "loss", "crash_after_step", "dataset_dir")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         data["build"] = f"{self.build.__module__}.{self.build.__qualname__}"
         data["dist"] = self.dist.model_dump()
         data["lora"] = self.lora.model_dump() if self.lora else None
+        data["loss"] = self.loss.trl_kwargs() if self.loss is not None else None
         data["rows"] = rows_digest
         # The starting weights too: a stage rerun may rewrite the same model_dir with new weights.
         data["weights"] = (

@@ -22,7 +22,15 @@ from typing import Any
 
 from itool_ray.config import Config
 from itool_ray.data.schema import Sample
-from itool_ray.train.common import TrainError, TrainResult, encode, global_batch, schedule_rows, steps_for
+from itool_ray.train.common import (
+    TrainError,
+    TrainResult,
+    checkpoint_steps,
+    encode,
+    schedule_rows,
+    starting_point,
+    steps_for,
+)
 from itool_ray.train.ray_train import TrainJob, run_job
 
 MAX_SKIPPED_IDS = 20  # skipped sample ids listed in the summary (all are counted)
@@ -146,12 +154,10 @@ def _run_phases(
     checkpoint_every_steps: int,
     extra: dict[str, Any],
 ) -> TrainResult:
-    from itool_ray.models import load_tokenizer, resolve_model
-
     w, d = cfg.warmup, cfg.distributed
-    model_dir = resolve_model(model_dir, data_dir=cfg.run.data_dir)
-    tokenizer = load_tokenizer(model_dir, data_dir=cfg.run.data_dir)
-    gb = global_batch(w.batch_size, w.grad_accum, max(1, d.num_workers))
+    model_dir, tokenizer, gb = starting_point(
+        model_dir, cfg, micro_batch_size=w.batch_size, grad_accum=w.grad_accum
+    )
     ordered: list[dict[str, list[int]]] = []
     skipped: list[str] = []
     info = []
@@ -182,11 +188,7 @@ def _run_phases(
         )
     total_steps = steps_for(len(ordered), gb)
     phase_ends = [p["last_step"] for p in info if p["last_step"]]
-    every = (
-        range(checkpoint_every_steps, total_steps, checkpoint_every_steps)
-        if checkpoint_every_steps > 0
-        else []
-    )
+    every = checkpoint_steps(checkpoint_every_steps, total_steps)
     job = TrainJob(
         kind="sft",
         build=build_sft_trainer,

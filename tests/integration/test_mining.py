@@ -14,8 +14,8 @@ import pytest
 from itool_ray.config import load_config
 from itool_ray.data.io import write_samples
 from itool_ray.data.synth import generate
+from itool_ray.driver.mining import read_mined, run_mining
 from itool_ray.mining import deficient_samples
-from itool_ray.mining_stage import read_mined, run_mining
 
 N = 64
 

@@ -14,7 +14,9 @@ from raycluster import start_head
 
 from itool_ray import logs
 from itool_ray.config import load_config
-from itool_ray.pipeline import KILL_AFTER_STAGE_ENV, run_pipeline, stages
+from itool_ray.driver.pipeline import KILL_AFTER_STAGE_ENV, run_pipeline
+from itool_ray.driver.rundir import RunLayout
+from itool_ray.driver.stages import plan
 from itool_ray.train.ray_train import CRASH_AFTER_STEP_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +37,13 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     run = run_pipeline(cfg)
     run_dir = Path(run.root)
     manifest = _manifest(run_dir)
-    names = [entry.name for entry in stages(cfg)]
+    names = [entry.name for entry in plan(cfg)]
     assert [n for n in names if manifest["stages"][n]["status"] != "done"] == []
+    # Every output a stage recorded is a path the run's layout names (files) or a checkpoint directory.
+    layout = RunLayout.of(cfg)
+    named = set(layout.files()) | {layout.checkpoint(p) for p in layout.policies()}
+    outputs = {rel for entry in manifest["stages"].values() for rel in entry["outputs"]}
+    assert outputs and outputs <= named, sorted(outputs - named)
 
     results = json.loads((run_dir / "results.json").read_text())
     for stage in ("base", "warmup", "iter_1", "control", "control_targeted"):
@@ -213,7 +220,7 @@ def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, 
 def test_driver_killed_at_every_stage_boundary_loses_and_redoes_nothing(tmp_path, data_dir, ray_head):
     """SIGKILL the driver right after each stage in turn; every re-run does exactly the next stage."""
     cfg = _cfg(tmp_path, data_dir, "boundaries")
-    names = [entry.name for entry in stages(cfg)]
+    names = [entry.name for entry in plan(cfg)]
     args = _driver_args(tmp_path, data_dir, "boundaries")
     run_dir = tmp_path / "boundaries"
     ended: dict[str, float] = {}
@@ -420,7 +427,7 @@ def test_console_keeps_the_projects_lines_and_the_log_file_keeps_the_libraries(t
 def test_compare_runs_each_variant_on_the_base_runs_prefix_and_recomputes_nothing(
     tmp_path, data_dir, ray_session
 ):
-    from itool_ray.compare import run_compare
+    from itool_ray.driver.compare import run_compare
 
     cfg = _cfg(tmp_path, data_dir, "cmp")
     cfg.run.controls = []  # the rows of the controls are the base run's own: tested above

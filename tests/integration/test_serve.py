@@ -11,26 +11,15 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from tools import weather_tool
 
 PORT = 8765
 API_KEY = "test-key"
 MAX_BODY = 64 * 1024
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = [{"type": "function", "function": weather_tool(unit=False, description="Current weather for a city")}]
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 
 
@@ -175,7 +164,14 @@ def _load(server, clients: int, seconds: float) -> dict:
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "itool_ray.loadgen", "--url", server, "--api-key", API_KEY]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"),
+        "--url",
+        server,
+        "--api-key",
+        API_KEY,
+    ]
     cmd += ["--clients", str(clients), "--seconds", str(seconds), "--max-tokens", "8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

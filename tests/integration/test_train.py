@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tools import WEATHER
 
 from itool_ray.config import load_config
 from itool_ray.data.synth import generate
@@ -20,18 +21,6 @@ from itool_ray.train import run_preference, run_warmup
 from itool_ray.train.common import encode
 from itool_ray.train.ray_train import CRASH_AFTER_STEP_ENV, STATE_DIR
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city"],
-    },
-}
 CITIES = ["Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Rome", "Quito"]
 
 

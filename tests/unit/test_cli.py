@@ -66,9 +66,10 @@ def test_user_errors_on_stages_and_models_are_one_line_not_tracebacks(tmp_path, 
 def test_a_bug_inside_a_stage_keeps_its_traceback(tmp_path, monkeypatch, ray_session):
     import pytest
 
-    from itool_ray import pipeline
     from itool_ray.config import load_config
     from itool_ray.data.io import DatasetError
+    from itool_ray.driver import pipeline, stages
+    from itool_ray.driver.context import PlanEntry
 
     cfg = load_config("tiny", ["--run.root", str(tmp_path)])
 
@@ -76,11 +77,11 @@ def test_a_bug_inside_a_stage_keeps_its_traceback(tmp_path, monkeypatch, ray_ses
         def boom(ctx):
             raise error
 
-        return lambda cfg: [pipeline.PlanEntry("data", boom, None)]
+        return lambda cfg: [PlanEntry("data", boom)]
 
-    monkeypatch.setattr(pipeline, "stages", plan_raising(DatasetError("data.train: no usable samples")))
+    monkeypatch.setattr(stages, "plan", plan_raising(DatasetError("data.train: no usable samples")))
     with pytest.raises(pipeline.StageFailed, match="no usable samples"):
         pipeline.run_pipeline(cfg)
-    monkeypatch.setattr(pipeline, "stages", plan_raising(ValueError("a bug")))
+    monkeypatch.setattr(stages, "plan", plan_raising(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):  # not dressed up as "stage data failed"
         pipeline.run_pipeline(cfg)

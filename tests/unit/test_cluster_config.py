@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from actors.placement import replica_demand, worker_demand
 from itool_ray.config import load_config
-from itool_ray.pipeline import replica_demand, worker_demand
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from itool_ray.compare import CompareError, comparison_table, load_variants, variant_config
 from itool_ray.config import load_config
+from itool_ray.driver.compare import CompareError, comparison_table, load_variants, variant_config
 
 
 @pytest.fixture()

@@ -86,7 +86,7 @@ def test_yaml_round_trip():
 
 
 def test_fleet_stays_through_training_only_where_the_cluster_holds_both():
-    from itool_ray.pipeline import fits_beside_fleet, fleet_resources, training_resources
+    from actors.placement import fits_beside_fleet, fleet_resources, training_resources
 
     quick = load_config("quickstart")  # replica 2 CPUs + one 2-CPU training worker on a 2-core machine
     assert fleet_resources(quick) == {"CPU": 2} and training_resources(quick) == {"CPU": 2}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from itool_ray.rundir import RunDir, RunDirError
+from itool_ray.driver.rundir import RunDir, RunDirError
 
 LIMIT = 64 * 1024
 
@@ -36,7 +36,7 @@ def _run_limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_run_dir_write_on_a_full_disk_names_the_path_and_keeps_the_old_file(tmp_path):
     script = textwrap.dedent(
         f"""
-        from itool_ray.rundir import RunDir, RunDirError
+        from itool_ray.driver.rundir import RunDir, RunDirError
         run = RunDir({str(tmp_path / "run")!r})
         run.write_text("data/train.jsonl", "old\\n")
         try:
@@ -57,7 +57,7 @@ def test_a_stage_that_fails_on_a_full_disk_reports_its_own_error(tmp_path):
     """The manifest cannot record the failure either; the stage's error still comes through."""
     script = textwrap.dedent(
         f"""
-        from itool_ray.rundir import RunDir, RunDirError
+        from itool_ray.driver.rundir import RunDir, RunDirError
         run = RunDir({str(tmp_path / "run")!r})
         try:
             with run.stage("data"):
@@ -116,7 +116,7 @@ def test_mining_output_on_a_full_disk_names_the_path_and_leaves_nothing_partial(
     script = textwrap.dedent(
         f"""
         import os
-        from itool_ray.mining_stage import MiningError, _write_parquet
+        from itool_ray.driver.mining import MiningError, _write_parquet
         rows = [dict(id=str(i), category="simple", difficulty="easy", has_call=True, greedy_text="",
                      greedy_score=0.0, greedy_exact=False, sampled_texts=[], sampled_scores=[], sampled_exact=[],
                      gt_tokens=1, gt_logprob=-1.0, gt_perplexity=1.0, wrong=True, hard=False, deficient=True,

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from fakes import FakeClock, FakePolicy, prompt_for
+from tools import weather_tool
 
 from itool_ray.config import MCTSConfig, PairsConfig
 from itool_ray.data.schema import Sample
@@ -15,18 +16,7 @@ from itool_ray.toolcall import parse
 
 CELSIUS = '[get_weather(city="Paris", unit="celsius")]'
 FAHRENHEIT = '[get_weather(city="Paris", unit="fahrenheit")]'
-WEATHER_TOOL = {
-    "name": "get_weather",
-    "description": "Current weather",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-    },
-}
+WEATHER_TOOL = weather_tool(required=("city", "unit"), description="Current weather")
 
 
 def weather_sample(sid: str = "w0") -> Sample:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from tools import weather_tool
 
 from itool_ray.data.schema import Sample
 from itool_ray.mining import apply_rule, deficient_samples, hardest_ids, mine_record, perplexity, summarize
 from itool_ray.prompts import render_answer
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
+WEATHER = weather_tool(unit=False, description="Weather for a city.")
 
 
 def _sample(sid: str, answer: list[dict], category: str = "simple") -> Sample:
@@ -173,3 +170,52 @@ def test_deficient_samples_limit_keeps_greedy_failures_first_then_the_least_like
     assert deficient_samples(rows, limit=3, priority="nearest") == [s[0], s[1], s[2]]
     with pytest.raises(ValueError, match="priority"):
         deficient_samples(rows, limit=1, priority="easiest")
+
+
+def test_mining_asks_greedy_then_seeded_samples_and_scores_each_ground_truth(tmp_path):
+    from itool_ray.config import load_config
+    from itool_ray.engines.base import Completion, GenerationResult
+    from itool_ray.mining import mined_rows, mining_requests, sample_seed
+
+    cfg = load_config("tiny", ["--run.root", str(tmp_path), "--mining.samples_per_prompt", "2"])
+    s = [_sample("a", CALL), _sample("b", [])]
+    requests, gt = mining_requests(s, ["P-a", "P-b"], stop="<eot>", cfg=cfg)
+    assert [(r.prompt, r.n, r.temperature) for r in requests] == [
+        ("P-a", 1, 0.0),
+        ("P-b", 1, 0.0),
+        ("P-a", 2, cfg.mining.temperature),
+        ("P-b", 2, cfg.mining.temperature),
+    ]
+    assert requests[2].seed == sample_seed(cfg.run.seed, "a") != requests[3].seed  # per sample, not per batch
+    assert gt == [("P-a", render_answer(CALL) + "<eot>"), ("P-b", render_answer([]) + "<eot>")]
+
+    def result(*texts: str) -> GenerationResult:
+        return GenerationResult(
+            [Completion(text=t, token_ids=[1], logprobs=None, finish_reason="stop") for t in texts]
+        )
+
+    right = render_answer(CALL)
+    answers = [result(right), result("[]"), result(right, "nonsense"), result("[]", "[]")]
+    rows = mined_rows(s, answers, [[-0.1], [-0.2]], cfg)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[0]["greedy_exact"] and rows[0]["sampled_exact"] == [True, False] and rows[0]["wrong"]
+    assert not rows[1]["wrong"]
+
+
+def test_the_deficient_answer_is_the_wrong_greedy_one_else_the_worst_sample():
+    from itool_ray.mining import deficient_answer, row_sample
+
+    s = _sample("a", CALL)
+    right, rome = render_answer(CALL), '[get_weather(city="Rome")]'
+    assert deficient_answer(mine_record(s, "nonsense", [rome], [-0.1])) == "nonsense"
+    assert deficient_answer(mine_record(s, right, [rome, "nonsense"], [-0.1])) == "nonsense"  # lowest reward
+    assert deficient_answer(mine_record(s, right, [right], [-0.1])) is None
+    assert row_sample(mine_record(s, right, [], [-0.1])) == s
+
+
+def test_a_sample_reads_back_the_same_from_json_text_and_from_a_parquet_row():
+    from itool_ray.data.io import sample_from_row, samples_to_table
+
+    s = _sample("a", CALL)
+    assert sample_from_row(s.to_json()) == s
+    assert sample_from_row(samples_to_table([s]).to_pylist()[0]) == s

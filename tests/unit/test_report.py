@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from itool_ray.config import load_config
-from itool_ray.eval.report import collect_results, comparisons, write_report
+from itool_ray.driver.report import collect_results, comparisons, write_report
+from itool_ray.driver.rundir import RunDir
 from itool_ray.eval.stats import StatsError
-from itool_ray.rundir import RunDir
 
 CATS = ["simple", "parallel"]
 
@@ -81,3 +81,47 @@ def test_evaluations_of_different_samples_are_not_compared(run, tmp_path):
     run.write_json("iter_1/eval.json", short)
     with pytest.raises(StatsError, match="different samples"):
         collect_results(run, cfg)
+
+
+class _RecordingRun(RunDir):
+    """A run directory that notes every path read or written through it."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        self.touched: set[str] = set()
+
+    def exists(self, *parts: str) -> bool:
+        self.touched.add("/".join(parts))
+        return super().exists(*parts)
+
+    def read_text(self, rel: str) -> str:
+        self.touched.add(rel)
+        return super().read_text(rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        self.touched.add(rel)
+        return super().write_bytes(rel, data)
+
+
+def test_every_path_the_report_reads_or_writes_comes_from_the_run_layout(run, tmp_path):
+    from itool_ray.driver.rundir import RunLayout
+
+    cfg = load_config("tiny", ["--run.root", str(tmp_path), "--run.name", "run", "--run.iterations", "2"])
+    cfg.run.controls = ["random", "targeted"]
+    recording = _RecordingRun(run.uri)
+    # A DPO checkpoint with metrics, so the report also reads a policy file and draws the training plot.
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "metrics.json").write_text(json.dumps({"steps": [{"loss": 0.7, "rewards/margins": 0.1}]}))
+    run.write_text("iter_1/policy.txt", f"{ckpt}\n")
+    write_report(recording, cfg)
+    layout = RunLayout.of(cfg)
+    assert recording.touched <= set(layout.files()), sorted(recording.touched - set(layout.files()))
+    # It asked for every evaluation the layout names, the controls and the second iteration included.
+    assert {layout.eval_file(p) for p in layout.policies()} <= recording.touched
+    assert {
+        "iter_1/policy.txt",
+        "plots/preference_training.png",
+        "results.json",
+        "report.md",
+    } <= recording.touched

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from itool_ray.rundir import RunDir, RunDirError
+from itool_ray.driver.rundir import RunDir, RunDirError
 
 
 def _finished(tmp_path) -> RunDir:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tools import weather_tool
 
-from itool_ray.serve import (
+from itool_ray.openai_api import (
     RequestError,
     chat_response,
     conversation,
@@ -16,14 +17,7 @@ from itool_ray.serve import (
     translate_output,
 )
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+WEATHER = {"type": "function", "function": weather_tool(unit=False, description="Weather for a city")}
 SPACED = {"type": "function", "function": {"name": "Get Weather Forecast", "parameters": {"type": "object"}}}
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 

@@ -8,8 +8,8 @@ summary.
 The Ray Data operators are light (read, parse, route, reward): they ask for no CPU, since the fleet's
 replicas hold the cores and do the generation; streaming and backpressure are Ray Data's.
 
-The output holds every sample (``deficient`` and ``reason`` say which are kept); ``itool_ray.mining.
-deficient_samples`` reads the kept ones back as Samples. The scorer actors restart when they die
+The output holds every sample (``deficient`` and ``reason`` say which are kept); ``itool_ray.mining``
+(the rule, the row format, ``deficient_samples``) is the pure half of this stage. The scorer actors restart when they die
 (``replicas.max_restarts``) and Ray Data retries the batch they held (``replicas.max_request_retries``);
 a replica that dies mid-batch is retried on another one by the fleet's router. A crash costs time, not
 samples; the stage still checks that every input sample came out
@@ -18,7 +18,6 @@ exactly once and raises otherwise.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -27,8 +26,8 @@ from typing import Any
 
 from itool_ray import storage
 from itool_ray.config import Config
-from itool_ray.data.io import JSON_FIELDS, prune_nulls, suffix
-from itool_ray.data.schema import Sample, SampleError
+from itool_ray.data.io import sample_from_row, suffix
+from itool_ray.data.schema import SampleError
 from itool_ray.mining import apply_rule, arrow_schema, summarize
 
 log = logging.getLogger(__name__)
@@ -38,21 +37,12 @@ class MiningError(RuntimeError):
     """The mining stage could not account for every sample, or its input is unusable."""
 
 
-def _sample(record: dict[str, Any]) -> Sample:
-    """A Sample record as read: a JSONL object, or a Parquet row with its nested fields as JSON text."""
-    d = prune_nulls(record)
-    for key in JSON_FIELDS:
-        if isinstance(d.get(key), str):
-            d[key] = json.loads(d[key])
-    return Sample.from_dict(d)
-
-
 def _normalise(batch: Any, *, jsonl: bool) -> dict[str, list[str]]:
     """Ray Data map: JSONL lines (``text``) or Parquet Sample rows -> ``{"id", "sample"}`` rows."""
     out: dict[str, list[str]] = {"id": [], "sample": []}
     for rec in batch.to_pylist():
         try:
-            s = _sample(json.loads(rec["text"]) if jsonl else rec)
+            s = sample_from_row(rec["text"] if jsonl else rec)
         except (ValueError, SampleError) as e:  # JSONDecodeError is a ValueError
             raise MiningError(f"mining input: a record is not a Sample: {e}") from e
         out["id"].append(s.id)

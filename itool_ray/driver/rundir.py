@@ -1,4 +1,7 @@
-"""The run directory (DESIGN §3): a local path or any fsspec URI, with an atomic manifest.
+"""The run directory (DESIGN §3): a local path or any fsspec URI, with an atomic manifest, and its layout.
+
+``RunLayout`` names every stage and every file of a run once; the plan, the stages, the report and
+``itool compare`` ask it rather than spelling paths.
 
 Every stage writes its outputs under ``<run>/`` and records them in ``manifest.json``
 (status, outputs with checksums, timings). A stage whose outputs are complete is skipped on rerun.
@@ -13,7 +16,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from itool_ray import storage
@@ -23,6 +28,133 @@ log = logging.getLogger(__name__)
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used (unwritable, full, or inconsistent)."""
+
+
+BASE, WARMUP = "base", "warmup"
+CONTROLS = ("control", "control_targeted")  # the random and the targeted SFT control
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every stage name and file path of a run, relative to its run directory.
+
+    A *policy* is a model the run evaluates: ``base``, ``warmup``, ``iter_<k>``, ``control``,
+    ``control_targeted``. Training stages and their outputs live in a folder named after the policy they
+    make; iteration ``k`` has its steps under ``iter_<k>/``.
+    """
+
+    iterations: int
+    controls: tuple[str, ...] = CONTROLS  # policy names of the controls this run trains
+    difficulty: bool = False  # warmup.bucket_by: perplexity adds a difficulty stage
+
+    @classmethod
+    def of(cls, cfg: Any) -> RunLayout:
+        """The layout a config makes (``run.iterations``, ``run.controls``, ``warmup.bucket_by``)."""
+        names = {"random": "control", "targeted": "control_targeted"}
+        return cls(
+            iterations=cfg.run.iterations,
+            controls=tuple(names[c] for c in ("random", "targeted") if c in cfg.run.controls),
+            difficulty=cfg.warmup.bucket_by == "perplexity",
+        )
+
+    # -- stages of the run as a whole (the others are per policy or per iteration, below) ---------
+    DATA_STAGE, MODEL_STAGE, DIFFICULTY_STAGE, REPORT_STAGE = "data", "model", "difficulty", "report"
+
+    # -- run-level files --------------------------------------------------------------------------
+    CONFIG = "config.yaml"
+    MANIFEST = "manifest.json"
+    LOG = "logs/itool.log"
+    RESULTS = "results.json"
+    REPORT = "report.md"
+    BASE_MODEL = "model/base_path.txt"  # where the base model is (a directory, URI or hub id)
+    BASE_UPLOAD = "model/base"  # the base model's copy in an object-store run root
+    DIFFICULTY = "data/difficulty.json"
+    PLOTS = ("accuracy", "benchmarks", "preference_training")
+    COMPARE_DIR = "compare"  # itool compare: one run directory a variant below it, and the table
+    COMPARE_RESULTS = "compare/results.json"
+    COMPARE_TABLE = "compare/compare.md"
+
+    @staticmethod
+    def split(name: str) -> str:
+        return f"data/{name}.jsonl"
+
+    @staticmethod
+    def plot(name: str) -> str:
+        return f"plots/{name}.png"
+
+    # -- policies ---------------------------------------------------------------------------------
+    @staticmethod
+    def iteration(k: int) -> str:
+        return f"iter_{k}"
+
+    def policies(self) -> list[str]:
+        """Every policy the run evaluates, in the order of the learning table."""
+        its = [self.iteration(k) for k in range(1, self.iterations + 1)]
+        return [BASE, WARMUP, *its, *self.controls]
+
+    def previous(self, k: int) -> str:
+        """The policy iteration ``k`` starts from (mines and searches with)."""
+        return WARMUP if k == 1 else self.iteration(k - 1)
+
+    @staticmethod
+    def policy_file(policy: str) -> str:
+        """The file a training stage leaves: where its checkpoint is."""
+        return f"{policy}/policy.txt"
+
+    @staticmethod
+    def checkpoint(policy: str) -> str:
+        return f"{policy}/ckpt"
+
+    @staticmethod
+    def eval_file(policy: str) -> str:
+        return "evals/base.json" if policy == BASE else f"{policy}/eval.json"
+
+    # -- an iteration's files ---------------------------------------------------------------------
+    def mined(self, k: int) -> str:
+        return f"{self.iteration(k)}/deficient.parquet"
+
+    def mining_summary(self, k: int) -> str:
+        return f"{self.iteration(k)}/mining_summary.json"
+
+    def trees(self, k: int) -> str:
+        return f"{self.iteration(k)}/trees.jsonl"
+
+    def search_stats(self, k: int) -> str:
+        return f"{self.iteration(k)}/search_stats.json"
+
+    def pairs(self, k: int) -> str:
+        return f"{self.iteration(k)}/pairs.jsonl"
+
+    def pair_stats(self, k: int) -> str:
+        return f"{self.iteration(k)}/pair_stats.json"
+
+    # -- stage names ------------------------------------------------------------------------------
+    @staticmethod
+    def eval_stage(policy: str) -> str:
+        return f"{policy}/eval" if policy.startswith("iter_") else f"eval_{policy}"
+
+    def train_stage(self, policy: str) -> str:
+        """The stage that trains ``policy`` (``warmup``, ``iter_<k>/train``, a control)."""
+        return f"{policy}/train" if policy.startswith("iter_") else policy
+
+    @staticmethod
+    def step(k: int, step: str) -> str:
+        """An iteration's stage: ``mine``, ``search``, ``pairs``, ``train`` or ``eval``."""
+        return f"{RunLayout.iteration(k)}/{step}"
+
+    def files(self) -> Iterator[str]:
+        """Every file path this layout names (checkpoint directories excluded)."""
+        yield from (self.CONFIG, self.MANIFEST, self.LOG, self.RESULTS, self.REPORT)
+        yield from (self.BASE_MODEL, self.DIFFICULTY, self.split("train"), self.split("heldout"))
+        yield from (self.plot(p) for p in self.PLOTS)
+        yield from (self.COMPARE_RESULTS, self.COMPARE_TABLE)
+        for policy in self.policies():
+            yield self.eval_file(policy)
+            if policy != BASE:
+                yield self.policy_file(policy)
+        for k in range(1, self.iterations + 1):
+            yield from (self.mined(k), self.mining_summary(k), self.trees(k), self.search_stats(k))
+            yield from (self.pairs(k), self.pair_stats(k))
 
 
 class RunDir:
@@ -86,13 +218,13 @@ class RunDir:
 
     # -- manifest ---------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        if not self.exists("manifest.json"):
+        if not self.exists(RunLayout.MANIFEST):
             return {"stages": {}}
         try:
-            return self.read_json("manifest.json")
+            return self.read_json(RunLayout.MANIFEST)
         except json.JSONDecodeError as e:
             raise RunDirError(
-                f"{self.url('manifest.json')} is corrupt ({e}); move it away to start over"
+                f"{self.url(RunLayout.MANIFEST)} is corrupt ({e}); move it away to start over"
             ) from None
 
     def stage_done(self, name: str) -> bool:
@@ -120,7 +252,7 @@ class RunDir:
     def _update_stage(self, name: str, **fields: Any) -> None:
         m = self.manifest()
         m["stages"].setdefault(name, {}).update(fields)
-        self.write_json("manifest.json", m)
+        self.write_json(RunLayout.MANIFEST, m)
 
     def note_stage(self, name: str, **fields: Any) -> None:
         """Add facts to a finished stage's record (what it left held, …)."""
@@ -153,14 +285,14 @@ class RunDir:
         """Append a fleet event (start, reload, close) to the manifest's ``fleet`` list."""
         m = self.manifest()
         m.setdefault("fleet", []).append({**event, "at": round(time.time(), 3)})
-        self.write_json("manifest.json", m)
+        self.write_json(RunLayout.MANIFEST, m)
 
     def forget_from(self, names: list[str]) -> None:
         """Mark stages as not done (for --restart-from)."""
         m = self.manifest()
         for n in names:
             m["stages"].pop(n, None)
-        self.write_json("manifest.json", m)
+        self.write_json(RunLayout.MANIFEST, m)
 
     @contextmanager
     def stage(self, name: str):

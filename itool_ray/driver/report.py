@@ -1,4 +1,7 @@
-"""The run's report: ``results.json`` (the learning table), ``report.md`` and ``plots/*.png``."""
+"""The run's report: ``results.json`` (the learning table), ``report.md`` and ``plots/*.png``.
+
+Every file it reads or writes is named by the run's ``RunLayout``.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,8 @@ from typing import Any
 
 from itool_ray import storage
 from itool_ray.config import Config
+from itool_ray.driver.rundir import BASE, WARMUP, RunDir, RunLayout
 from itool_ray.eval.stats import compare_records
-from itool_ray.rundir import RunDir
-
-
-def eval_file(stage: str) -> str:
-    """Where a stage's evaluation is, relative to its run directory."""
-    return "evals/base.json" if stage == "base" else f"{stage}/eval.json"
-
-
-def _eval_files(cfg: Config) -> list[tuple[str, str]]:
-    stages = ["base", "warmup", *(f"iter_{k}" for k in range(1, cfg.run.iterations + 1))]
-    return [(s, eval_file(s)) for s in [*stages, "control", "control_targeted"]]
 
 
 def collect_results(run: RunDir, cfg: Config) -> dict[str, Any]:
@@ -33,7 +26,9 @@ def collect_results(run: RunDir, cfg: Config) -> dict[str, Any]:
     results: dict[str, Any] = {}
     bfcl: dict[str, Any] = {}
     records: dict[str, dict[str, list[dict[str, Any]]]] = {"heldout": {}, "bfcl": {}}
-    for stage, rel in _eval_files(cfg):
+    layout = RunLayout.of(cfg)
+    for stage in layout.policies():
+        rel = layout.eval_file(stage)
         if run.exists(rel):
             data = run.read_json(rel)
             results[stage] = data["heldout"]["accuracy"]
@@ -56,11 +51,11 @@ def comparisons(stages: list[str]) -> list[tuple[str, str]]:
     warm-up, and the final iteration vs each control and vs base."""
     iters = [s for s in stages if s.startswith("iter_")]
     controls = [s for s in stages if s.startswith("control")]
-    pairs = [("base", "warmup")] if {"base", "warmup"} <= set(stages) else []
-    pairs += [("warmup", it) for it in iters if "warmup" in stages]
+    pairs = [(BASE, WARMUP)] if {BASE, WARMUP} <= set(stages) else []
+    pairs += [(WARMUP, it) for it in iters if WARMUP in stages]
     if iters:
         pairs += [(c, iters[-1]) for c in controls]
-        pairs += [("base", iters[-1])] if "base" in stages else []
+        pairs += [(BASE, iters[-1])] if BASE in stages else []
     return pairs
 
 
@@ -116,6 +111,7 @@ def intervals_table(intervals: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def _plot(run: RunDir, name: str, draw) -> str:
+    assert name in RunLayout.PLOTS, name
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,15 +123,14 @@ def _plot(run: RunDir, name: str, draw) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    rel = f"plots/{name}.png"
+    rel = RunLayout.plot(name)
     run.write_bytes(rel, buf.getvalue())
     return rel
 
 
-def _train_steps(run: RunDir, stage_dir: str) -> list[dict[str, Any]]:
-    policy = (
-        run.read_text(f"{stage_dir}/policy.txt").strip() if run.exists(f"{stage_dir}/policy.txt") else None
-    )
+def _train_steps(run: RunDir, policy_name: str) -> list[dict[str, Any]]:
+    rel = RunLayout.policy_file(policy_name)
+    policy = run.read_text(rel).strip() if run.exists(rel) else None
     if not policy:
         return []
     try:
@@ -162,12 +157,15 @@ def _interval_section(results: dict[str, Any]) -> list[str]:
 def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
     """What each training stage cost: trained tokens, optimizer steps, samples or pairs, learning rate, and
     for the iterations the tokens the search generated."""
-    rows = [("warmup", "warmup", cfg.warmup.lr, None)]
-    rows += [
-        (f"iter_{k}", f"iter_{k}/train", cfg.train.lr, f"iter_{k}/search")
-        for k in range(1, cfg.run.iterations + 1)
+    layout = RunLayout.of(cfg)
+    rows: list[tuple[str, str, float, str | None]] = [
+        (WARMUP, layout.train_stage(WARMUP), cfg.warmup.lr, None)
     ]
-    rows += [(c, c, cfg.warmup.lr, None) for c in ("control", "control_targeted")]
+    rows += [
+        (layout.iteration(k), layout.step(k, "train"), cfg.train.lr, layout.step(k, "search"))
+        for k in range(1, layout.iterations + 1)
+    ]
+    rows += [(c, layout.train_stage(c), cfg.warmup.lr, None) for c in layout.controls]
     lines = [
         "## Training cost",
         "",
@@ -188,8 +186,9 @@ def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
 
 
 def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
+    layout = RunLayout.of(cfg)
     results = collect_results(run, cfg)
-    run.write_json("results.json", results)
+    run.write_json(layout.RESULTS, results)
     stages = run.manifest()["stages"]
     rows = stage_rows(results)
     plots = []
@@ -231,7 +230,7 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
 
         plots.append(_plot(run, "benchmarks", draw_benchmarks))
     iters = range(1, cfg.run.iterations + 1)
-    dpo = {k: _train_steps(run, f"iter_{k}") for k in iters}
+    dpo = {k: _train_steps(run, layout.iteration(k)) for k in iters}
     if any(dpo.values()):
 
         def draw_dpo(ax):
@@ -278,10 +277,10 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in iters:
-        mine = stages.get(f"iter_{k}/mine", {}).get("summary", {})
-        search = stages.get(f"iter_{k}/search", {}).get("summary", {})
-        pairs = stages.get(f"iter_{k}/pairs", {}).get("summary", {})
-        train = stages.get(f"iter_{k}/train", {}).get("summary", {})
+        mine, search, pairs, train = (
+            stages.get(layout.step(k, step), {}).get("summary", {})
+            for step in ("mine", "search", "pairs", "train")
+        )
         wall = search.get("wall_s") or 0
         tps = f"{search.get('generated_tokens', 0) / wall:.0f}" if wall else "–"
         lines.append(
@@ -291,8 +290,10 @@ def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:
         )
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
     lines += [
-        f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |" for n, s in stages.items() if n != "report"
+        f"| {n} | {s.get('status')} | {s.get('seconds', 0):.1f} |"
+        for n, s in stages.items()
+        if n != layout.REPORT_STAGE
     ]
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
-    run.write_text("report.md", "\n".join(lines))
+    run.write_text(layout.REPORT, "\n".join(lines))
     return results

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from itool_ray.config import Config, ConfigError, build_config, deep_merge
-from itool_ray.eval.report import eval_file, format_interval
+from itool_ray.driver.report import format_interval
+from itool_ray.driver.rundir import WARMUP, RunDir, RunLayout
 from itool_ray.eval.stats import compare_records
 
 log = logging.getLogger("itool")
@@ -30,8 +31,7 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "response_level": {"pairs": {"level": "response"}},
 }
 ALLOWED_SECTIONS = ("mcts", "pairs", "train", "distributed", "replicas")
-SHARED_PREFIX_END = "iter_1/mine"
-COMPARE_DIR = "compare"
+SHARED_PREFIX_END = RunLayout.step(1, "mine")  # the first mining, included
 
 
 class CompareError(ValueError):
@@ -69,7 +69,12 @@ def variant_config(base: Config, name: str, overrides: dict[str, Any]) -> Config
                 "run.iterations"
             )
     data = deep_merge(base.model_dump(mode="json"), overrides)
-    data["run"] = {**data["run"], "root": f"{base.run.dir}/{COMPARE_DIR}", "name": name, "controls": []}
+    data["run"] = {
+        **data["run"],
+        "root": f"{base.run.dir}/{RunLayout.COMPARE_DIR}",
+        "name": name,
+        "controls": [],
+    }
     try:
         return build_config(data)
     except ConfigError as e:
@@ -78,12 +83,12 @@ def variant_config(base: Config, name: str, overrides: dict[str, Any]) -> Config
 
 def run_compare(cfg: Config, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Run (or reuse) the base run and every variant; return and write the comparison."""
-    from itool_ray.pipeline import run_pipeline, stages
-    from itool_ray.rundir import RunDir
+    from itool_ray.driver.pipeline import run_pipeline
+    from itool_ray.driver.stages import plan
 
     configs = {name: variant_config(cfg, name, over) for name, over in variants.items()}  # all checked first
     base = run_pipeline(cfg)
-    prefix = [e.name for e in stages(cfg)]
+    prefix = [e.name for e in plan(cfg)]
     prefix = prefix[: prefix.index(SHARED_PREFIX_END) + 1] if SHARED_PREFIX_END in prefix else prefix
     for name, vcfg in configs.items():
         vrun = RunDir(vcfg.run.dir)
@@ -93,17 +98,18 @@ def run_compare(cfg: Config, variants: dict[str, dict[str, Any]]) -> dict[str, A
         log.info("compare: variant %s (%s)", name, variants[name] or "no overrides")
         run_pipeline(vcfg)
     out = comparison(base, cfg, {name: RunDir(c.run.dir) for name, c in configs.items()}, configs)
-    base.write_json(f"{COMPARE_DIR}/results.json", out)
-    base.write_text(f"{COMPARE_DIR}/compare.md", comparison_table(out) + "\n")
+    base.write_json(RunLayout.COMPARE_RESULTS, out)
+    base.write_text(RunLayout.COMPARE_TABLE, comparison_table(out) + "\n")
     return out
 
 
 def _final(cfg: Config) -> str:
-    return f"iter_{cfg.run.iterations}" if cfg.run.iterations else "warmup"
+    """The policy a run ends with: its last iteration, or the warm-up."""
+    return RunLayout.iteration(cfg.run.iterations) if cfg.run.iterations else WARMUP
 
 
-def _records(run: Any, stage: str) -> dict[str, list[dict[str, Any]]]:
-    rel = eval_file(stage)
+def _records(run: Any, policy: str) -> dict[str, list[dict[str, Any]]]:
+    rel = RunLayout.eval_file(policy)
     if not run.exists(rel):
         return {}
     data = run.read_json(rel)
@@ -115,14 +121,13 @@ def comparison(
 ) -> dict[str, Any]:
     """``{"rows": {row: {bench: {"accuracy": …, "vs full": interval, "vs warmup": interval}}}}``."""
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "warmup": _records(base, "warmup"),
+        WARMUP: _records(base, WARMUP),
         "full": _records(base, _final(cfg)),
     }
     for name, run in variant_runs.items():
         rows[name] = _records(run, _final(configs[name]))
-    for control in cfg.run.controls:
-        stage = "control" if control == "random" else f"control_{control}"
-        rows[stage] = _records(base, stage)
+    for control in RunLayout.of(cfg).controls:
+        rows[control] = _records(base, control)
     out: dict[str, Any] = {"rows": {}, "variants": {n: c.run.dir for n, c in configs.items()}}
     for row, benches in rows.items():
         entry: dict[str, Any] = {}

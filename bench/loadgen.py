@@ -1,6 +1,6 @@
 """A bounded HTTP load generator for ``itool serve``: N closed-loop clients for T seconds.
 
-    python -m itool_ray.loadgen --url http://127.0.0.1:8000 --clients 8 --seconds 30 [--api-key KEY]
+    python bench/loadgen.py --url http://127.0.0.1:8000 --clients 8 --seconds 30 [--api-key KEY]
 
 Run it as a second process (the server's event loop and this one's threads must not share a GIL).
 Each client sends a chat completion with tools, waits for the answer, and sends the next one; a 429 is

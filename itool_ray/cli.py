@@ -86,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--n", type=int, required=True)
     syn.add_argument("--out", required=True, help=".jsonl or .parquet")
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--split", choices=["train", "heldout"], default="train")
+    syn.add_argument("--split", choices=["train", "dev", "heldout"], default="train")
+    syn.add_argument(
+        "--tools",
+        choices=["fixed", "procedural", "mixed"],
+        default="fixed",
+        help="tool catalogue: hand-written, procedural (40 domains; dev split only here) or both",
+    )
     syn.add_argument("--categories", help="comma-separated subset (default: all)")
     chk = dsub.add_parser("check", help="load a dataset and report malformed records")
     chk.add_argument("spec", help="FILE.jsonl|.json|.parquet, toolace:PATH, xlam:PATH, bfcl:CATS, hf:ID")
@@ -119,7 +125,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from itool_ray.data.synth import generate
 
         cats = args.categories.split(",") if args.categories else None
-        samples = generate(args.n, seed=args.seed, split=args.split, categories=cats)
+        try:
+            samples = generate(args.n, seed=args.seed, split=args.split, categories=cats, tools=args.tools)
+        except ValueError as e:
+            raise ConfigError(f"data synth: {e}") from None
         write_samples(samples, args.out)
         print(f"wrote {len(samples)} {args.split} samples to {args.out}")
         return 0

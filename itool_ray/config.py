@@ -59,6 +59,9 @@ class DataConfig(_Section):
     n_train: int = Field(400, ge=1)
     n_heldout: int = Field(90, ge=1)
     categories: list[str] = Field(default_factory=lambda: ["simple", "parallel", "reasoning"])
+    # Synthetic tool catalogue: "fixed" (64 hand-written tools, 11 domains), "procedural" (200 generated
+    # tools, 40 domains split train/dev/heldout by domain) or "mixed" (both).
+    tools: Literal["fixed", "procedural", "mixed"] = "fixed"
     strict: bool = False  # a malformed record is an error instead of a counted skip
     prompt_style: Literal["compact", "bfcl"] = "compact"
     max_prompt_tokens: int = Field(512, ge=32)

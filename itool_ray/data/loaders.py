@@ -18,7 +18,8 @@ from itool_ray.data.io import JSON_FIELDS, DatasetError, LoadReport, read_record
 from itool_ray.data.schema import Sample, SampleError
 
 SPEC_FORMS = """accepted dataset specs:
-  synthetic[:split]                      generated samples (keyword arguments n=, seed=)
+  synthetic[:split[:tools]]               generated samples (keyword arguments n=, seed=); tools: fixed |
+                                         procedural | mixed (the dev split is procedural only)
   PATH.jsonl | PATH.json | PATH.parquet  Sample records; ToolACE or xLAM rows are detected
   toolace:PATH                           ToolACE rows (system + conversations)
   xlam:PATH                              xLAM rows (query, tools, answers)
@@ -242,7 +243,11 @@ def load_samples(
             from itool_ray.data.synth import generate
 
             count = n if n is not None else limit if limit is not None else DEFAULT_SYNTHETIC_N
-            produced = generate(count, seed=seed, split=arg or "train")
+            split, _, tools = (arg or "train").partition(":")
+            try:
+                produced = generate(count, seed=seed, split=split, tools=tools or "fixed")
+            except ValueError as e:  # an unknown split or tool set
+                raise DatasetError(f"{spec}: {e}") from None
         else:
             from itool_ray.data.bfcl import load_bfcl
 

@@ -46,6 +46,7 @@ from itool_ray.data.synth_tools import (
     GROCERIES,
     LIST_POOLS,
     OVERLAPPING_DOMAINS,
+    PEOPLE_NAMES,
     SPLITS,
     STREETS,
     Param,
@@ -71,6 +72,7 @@ _REASONING_POOLS = {
     "context": tuple(ENTITY_POOLS),
 }
 
+_MAIL_DOMAINS = ("example.com", "mail.test", "corp.example", "inbox.test")
 _BASE_DATE = date(2026, 1, 5)
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 _ORDINALS = ("first", "second", "third", "fourth")
@@ -115,6 +117,8 @@ _GEN: dict[str, Callable[[random.Random, Param], Any]] = {
     "steps": lambda rng, p: rng.randrange(5000, 15001, 500),
     "year": lambda rng, p: rng.randint(1990, 2025),
     "order_id": lambda rng, p: f"ORD-{rng.randint(10000, 99999)}",
+    "ident": lambda rng, p: f"{p.noun}-{rng.randint(1000, 99999)}",  # p.noun: the id's prefix
+    "email": lambda rng, p: f"{rng.choice(PEOPLE_NAMES).lower()}@{rng.choice(_MAIL_DOMAINS)}",
     "address": lambda rng, p: {
         "street": rng.choice(STREETS),
         "city": rng.choice(CITIES),
@@ -289,10 +293,10 @@ _Draft = tuple[list[Tool], str, list[_Call], list[str]]  # shown tools, request,
 
 
 class _Generator:
-    def __init__(self, split: str, rng: random.Random):
+    def __init__(self, split: str, rng: random.Random, tools: tuple[Tool, ...]):
         self.split = split
         self.rng = rng
-        self.tools = tools_in(split)
+        self.tools = tools
         self.by_domain: dict[str, list[Tool]] = {}
         for t in self.tools:
             self.by_domain.setdefault(t.domain, []).append(t)
@@ -450,9 +454,28 @@ def _resolve_weights(categories: list[str] | None, weights: dict[str, float] | N
     return w
 
 
-def tool_catalogue(split: str = "train") -> list[dict[str, Any]]:
-    """The OpenAI-style function schemas of one split (``train`` or ``heldout``)."""
-    return [t.schema() for t in tools_in(split)]
+TOOL_SETS = ("fixed", "procedural", "mixed")
+
+
+def catalogue_tools(split: str, tools: str = "fixed") -> tuple[Tool, ...]:
+    """The tools of one split: the hand-written catalogue (``fixed``), the procedural one, or both."""
+    from itool_ray.data.synth_procedural import procedural_tools
+
+    if tools not in TOOL_SETS:
+        raise ValueError(f"unknown tool set {tools!r}; expected one of {TOOL_SETS}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    out = (tools_in(split) if tools != "procedural" else ()) + (
+        procedural_tools(split) if tools != "fixed" else ()
+    )
+    if not out:
+        raise ValueError(f"split {split!r} has no {tools} tools: the dev split is procedural (tools=mixed)")
+    return out
+
+
+def tool_catalogue(split: str = "train", tools: str = "fixed") -> list[dict[str, Any]]:
+    """The OpenAI-style function schemas of one split (``train``, ``dev`` or ``heldout``)."""
+    return [t.schema() for t in catalogue_tools(split, tools)]
 
 
 def generate(
@@ -462,17 +485,20 @@ def generate(
     split: str = "train",
     categories: list[str] | None = None,
     weights: dict[str, float] | None = None,
+    tools: str = "fixed",
 ) -> list[Sample]:
     """``n`` synthetic samples with ids ``syn-<split>-<index>`` and structural difficulty set.
 
     ``weights`` sets the category mix (default ``DEFAULT_WEIGHTS``); ``categories`` restricts it.
+    ``tools`` picks the catalogue (``catalogue_tools``): ``fixed`` (64 hand-written tools), ``procedural``
+    (40 generated domains) or ``mixed``; the ``dev`` split exists in the procedural catalogue only.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     schedule = _schedule(_resolve_weights(categories, weights))
-    gen = _Generator(split, random.Random(f"itool-synth/{split}/{seed}"))
+    catalogue = catalogue_tools(split, tools)
+    rng_key = f"itool-synth/{split}/{seed}" + ("" if tools == "fixed" else f"/{tools}")
+    gen = _Generator(split, random.Random(rng_key), catalogue)
     makers = {
         "simple": gen.simple,
         "multiple": gen.multiple,

@@ -19,7 +19,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "dev", "heldout")  # dev: procedural tools only (synth_procedural.py)
 
 # --- value pools (plain lists; synth.py adds the generated ones: dates, counts, units, ids) -------------
 CITIES = (
@@ -141,7 +141,7 @@ LIST_POOLS: dict[str, tuple[str, ...]] = {
 GENERATED_POOLS = (
     "date", "time", "count", "people", "units", "minutes", "seconds", "meters", "ml", "grams", "price",
     "amount", "loan", "rate", "temperature", "brightness", "tip", "steps", "year", "order_id", "address",
-    "street_address", "grocery_list",
+    "street_address", "grocery_list", "ident", "email",
 )  # fmt: skip
 
 
@@ -698,6 +698,7 @@ OVERLAPPING_DOMAINS = frozenset(frozenset(p) for p in _OVERLAPS)
 # Joins requests in parallel / parallel_multiple samples ("<request 1> Also, <request 2>").
 CONNECTORS = {
     "train": ("Also, ", "Then ", "And ", "After that, "),
+    "dev": ("On top of that, ", "As well, ", "Afterwards, ", "Moreover, "),
     "heldout": ("Additionally, ", "Next, ", "Besides that, ", "Plus, "),
 }
 # Irrelevance requests no tool in the catalogue serves.
@@ -707,6 +708,10 @@ CHITCHAT = {
         "How do I boil an egg?", "Who wrote Pride and Prejudice?", "Explain what a black hole is.",
         "Translate 'good morning' into Spanish.", "Give me three tips for better sleep.",
         "Summarize the plot of Hamlet in one sentence.", "What is the tallest mountain in Africa?",
+    ),
+    "dev": (
+        "What's a good synonym for 'happy'?", "How far away is the moon?", "Tell me a fun fact about octopuses.",
+        "Who painted the Mona Lisa?", "What rhymes with 'orange'?", "How do rainbows form?",
     ),
     "heldout": (
         "Why is the sky blue?", "Suggest a name for my new puppy.",
@@ -729,13 +734,16 @@ def templates_in(split: str) -> list[str]:
     return out + list(CONNECTORS[split]) + list(CHITCHAT[split])
 
 
-def _check_catalogue() -> None:
+FAN_POOLS = frozenset(ENTITY_POOLS) | {"order_id", "ident"}  # pools a parallel request can list
+
+
+def check_tools(tools: tuple[Tool, ...]) -> None:
     """Fail at import on a catalogue mistake, naming the tool and the template."""
-    names = [t.name for t in TOOLS]
+    names = [t.name for t in tools]
     if len(names) != len(set(names)):
         raise ValueError("duplicate tool names in the synthetic catalogue")
     known_pools = set(LIST_POOLS) | set(GENERATED_POOLS)
-    for t in TOOLS:
+    for t in tools:
         if t.split not in SPLITS:
             raise ValueError(f"{t.name}: unknown split {t.split!r}")
         params = {p.name: p for p in t.params}
@@ -746,7 +754,7 @@ def _check_catalogue() -> None:
                 raise ValueError(f"{t.name}.{p.name}: needs a pool or phrasings")
             if p.say is not None and p.type != "boolean" and set(p.say) != set(p.enum or ()):
                 raise ValueError(f"{t.name}.{p.name}: phrasings must cover the enum exactly")
-        if t.fan is not None and params[t.fan].pool not in ENTITY_POOLS and params[t.fan].pool != "order_id":
+        if t.fan is not None and params[t.fan].pool not in FAN_POOLS:
             raise ValueError(f"{t.name}: fan parameter {t.fan!r} must draw from an entity pool")
         for tp in t.templates:
             mentioned = set(tp.slots) | set(tp.fixed)
@@ -757,4 +765,4 @@ def _check_catalogue() -> None:
         json.dumps(t.schema())
 
 
-_check_catalogue()
+check_tools(TOOLS)

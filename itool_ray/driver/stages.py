@@ -39,7 +39,9 @@ def load_split(cfg: Config, split: str) -> tuple[list, str]:
     spec = cfg.data.train if split == "train" else cfg.data.heldout
     n = cfg.data.n_train if split == "train" else cfg.data.n_heldout
     if spec == "synthetic":
-        samples = generate(n, seed=cfg.run.seed, split=split, categories=cfg.data.categories)
+        samples = generate(
+            n, seed=cfg.run.seed, split=split, categories=cfg.data.categories, tools=cfg.data.tools
+        )
         return samples, f"{len(samples)} synthetic samples ({split} tools and phrasings)"
     samples, report = load_samples(spec, strict=cfg.data.strict, limit=n)
     return samples, report.summary()

@@ -13,7 +13,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,33 @@ class TrainResult:
 
 
 METRICS_FILE = "metrics.json"
+
+
+# -- preference losses, as TRL's configs take them (typed: a TrainJob carries one) ----------------------------
+@dataclass(frozen=True)
+class DPOLoss:
+    """TRL DPOConfig's loss fields: the loss terms with their weights (``sft`` = NLL on chosen)."""
+
+    loss_type: tuple[str, ...]
+    loss_weights: tuple[float, ...]
+    beta: float
+    label_smoothing: float
+    precompute_ref_log_probs: bool
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {**asdict(self), "loss_type": list(self.loss_type), "loss_weights": list(self.loss_weights)}
+
+
+@dataclass(frozen=True)
+class SimPOLoss:
+    """TRL CPOConfig's loss fields for SimPO (reference-free; ``cpo_alpha`` weighs the NLL on chosen)."""
+
+    beta: float
+    simpo_gamma: float
+    cpo_alpha: float
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return {"loss_type": "simpo", **asdict(self)}
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -26,11 +26,12 @@ Epochs are laid out by common.schedule_rows (each pass reshuffled, sequential sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from itool_ray.config import Config
 from itool_ray.train.common import (
+    DPOLoss,
+    SimPOLoss,
     TrainError,
     TrainResult,
     checkpoint_steps,
@@ -173,32 +174,6 @@ def run_preference(
         "lora": t.lora.enabled,
     }
     return run_job(job, ordered, summary=summary)
-
-
-@dataclass(frozen=True)
-class DPOLoss:
-    """TRL DPOConfig's loss fields: the loss terms with their weights (``sft`` = NLL on chosen)."""
-
-    loss_type: tuple[str, ...]
-    loss_weights: tuple[float, ...]
-    beta: float
-    label_smoothing: float
-    precompute_ref_log_probs: bool
-
-    def trl_kwargs(self) -> dict[str, Any]:
-        return {**asdict(self), "loss_type": list(self.loss_type), "loss_weights": list(self.loss_weights)}
-
-
-@dataclass(frozen=True)
-class SimPOLoss:
-    """TRL CPOConfig's loss fields for SimPO (reference-free; ``cpo_alpha`` weighs the NLL on chosen)."""
-
-    beta: float
-    simpo_gamma: float
-    cpo_alpha: float
-
-    def trl_kwargs(self) -> dict[str, Any]:
-        return {"loss_type": "simpo", **asdict(self)}
 
 
 def _loss_options(cfg: Config) -> DPOLoss | SimPOLoss:

@@ -38,15 +38,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from itool_ray import logs, storage
 from itool_ray.config import DistributedConfig, LoraConfig
-from itool_ray.train.common import METRICS_FILE, TrainError, TrainResult
+from itool_ray.train.common import METRICS_FILE, DPOLoss, SimPOLoss, TrainError, TrainResult
 from itool_ray.train.deepspeed import GRADIENT_CLIPPING, build_deepspeed_config, init_deepspeed_comm
-
-if TYPE_CHECKING:
-    from itool_ray.train.preference import DPOLoss, SimPOLoss
 
 log = logging.getLogger(__name__)
 

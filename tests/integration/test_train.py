@@ -398,7 +398,7 @@ def test_a_full_disk_during_the_export_is_one_line_naming_where_and_leaves_no_mo
     script = textwrap.dedent(
         f"""
         import resource, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         import ray
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         from test_train import PAIRS, tiny_cfg

@@ -486,22 +486,24 @@ def test_spec_grammar(spec, parsed):
 
 @pytest.mark.parametrize("spec", ["data/x.csv", "nonsense", "toolace:", "bfcl"])
 def test_unknown_spec_lists_the_accepted_forms(spec):
-    with pytest.raises(DatasetError, match=r"(?s)unknown dataset spec.*synthetic\[:split\].*hf:ID_OR_DIR"):
+    with pytest.raises(
+        DatasetError, match=r"(?s)unknown dataset spec.*synthetic\[:split\[:tools\]\].*hf:ID_OR_DIR"
+    ):
         load_samples(spec)
 
 
 def test_synthetic_dispatch_passes_n_seed_split_and_validates(monkeypatch):
     calls = {}
 
-    def generate(n, *, seed=0, split="train", categories=None, weights=None):
-        calls.update(n=n, seed=seed, split=split)
+    def generate(n, *, seed=0, split="train", categories=None, weights=None, tools="fixed"):
+        calls.update(n=n, seed=seed, split=split, tools=tools)
         out = [Sample.from_dict(sample(i)) for i in range(n)]
         out.append(Sample.from_dict(sample(0)))  # a duplicate the loader must catch
         return out
 
     monkeypatch.setitem(sys.modules, "itool_ray.data.synth", types.SimpleNamespace(generate=generate))
-    samples, report = load_samples("synthetic:test", n=4, seed=7)
-    assert calls == {"n": 4, "seed": 7, "split": "test"}
+    samples, report = load_samples("synthetic:test:mixed", n=4, seed=7)
+    assert calls == {"n": 4, "seed": 7, "split": "test", "tools": "mixed"}
     assert len(samples) == 4 and report.by_kind == {"duplicate id": 1}
 
 

@@ -34,6 +34,7 @@ def _manifest(run_dir: Path) -> dict:
 def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, data_dir, ray_session):
     cfg = _cfg(tmp_path, data_dir)
     cfg.run.controls = ["random", "targeted"]  # the default of every other preset
+    cfg.distributed.num_workers = 0  # training in the driver (IN_DRIVER): seven training stages run here
     run = run_pipeline(cfg)
     run_dir = Path(run.root)
     manifest = _manifest(run_dir)
@@ -82,7 +83,7 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     assert "## Paired differences, held-out" in (run_dir / "report.md").read_text()
     assert "## Training cost" in (run_dir / "report.md").read_text()
 
-    # One fleet for the whole run here (replica + training worker fit the session's 2 CPUs): started once,
+    # One fleet for the whole run here (training in the driver holds no CPU of Ray's): started once,
     # shared by evaluation, mining and search, new weights reloaded in place after each training stage.
     fleet = manifest["fleet"]
     assert [e["event"] for e in fleet].count("start") == 1, fleet
@@ -166,10 +167,17 @@ def ray_head():
         cluster.stop()
 
 
-def _driver_args(tmp_path: Path, data_dir: str, name: str) -> list[str]:
+# Tests about the runner (stages, resume, kills, shared prefixes) train in the driver: Ray Train's worker start
+# is most of a tiny training stage, and the pipeline on Ray Train has tests of its own (this module's
+# restart-from, mid-training kill, object store, console and job submission tests; the 3-node cluster test;
+# tests/integration/test_train.py).
+IN_DRIVER = ["--distributed.num_workers", "0"]
+
+
+def _driver_args(tmp_path: Path, data_dir: str, name: str, *extra: str) -> list[str]:
     """The tiny pipeline's job entry script, as `ray job submit` would run it."""
     args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny"]
-    return args + ["--run.root", str(tmp_path), "--run.data_dir", data_dir, "--run.name", name]
+    return args + ["--run.root", str(tmp_path), "--run.data_dir", data_dir, "--run.name", name, *extra]
 
 
 def _driver_env(head: dict) -> dict:
@@ -178,7 +186,7 @@ def _driver_env(head: dict) -> dict:
 
 @pytest.mark.slow
 def test_driver_killed_during_search_resumes_with_no_stage_done_twice(tmp_path, data_dir, ray_head):
-    args = _driver_args(tmp_path, data_dir, "crash")
+    args = _driver_args(tmp_path, data_dir, "crash", *IN_DRIVER)
     run_dir = tmp_path / "crash"
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(
@@ -221,7 +229,7 @@ def test_driver_killed_at_every_stage_boundary_loses_and_redoes_nothing(tmp_path
     """SIGKILL the driver right after each stage in turn; every re-run does exactly the next stage."""
     cfg = _cfg(tmp_path, data_dir, "boundaries")
     names = [entry.name for entry in plan(cfg)]
-    args = _driver_args(tmp_path, data_dir, "boundaries")
+    args = _driver_args(tmp_path, data_dir, "boundaries", *IN_DRIVER)
     run_dir = tmp_path / "boundaries"
     ended: dict[str, float] = {}
     for name in names[:-1]:
@@ -338,6 +346,7 @@ def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up
 ):
     cfg = _cfg(tmp_path, data_dir, "ppl")
     cfg.warmup.bucket_by = "perplexity"
+    cfg.distributed.num_workers = 0  # training in the driver (IN_DRIVER)
     run = run_pipeline(cfg, until="warmup")
     run_dir = Path(run.root)
     st = _manifest(run_dir)["stages"]
@@ -430,6 +439,7 @@ def test_compare_runs_each_variant_on_the_base_runs_prefix_and_recomputes_nothin
     from itool_ray.driver.compare import run_compare
 
     cfg = _cfg(tmp_path, data_dir, "cmp")
+    cfg.distributed.num_workers = 0  # training in the driver (IN_DRIVER)
     cfg.run.controls = []  # the rows of the controls are the base run's own: tested above
     variants = {"no_mcts": {"mcts": {"search": False}}, "response_level": {"pairs": {"level": "response"}}}
     out = run_compare(cfg, variants)

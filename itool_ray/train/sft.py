@@ -90,6 +90,7 @@ def run_warmup(
     from itool_ray.data.difficulty import bucketize
 
     w = cfg.warmup
+    within = (lambda s: s.category) if w.bucket_within == "category" else None
     if w.bucket_by == "perplexity":
         if scores is None:
             raise TrainError(
@@ -100,9 +101,9 @@ def run_warmup(
             raise TrainError(
                 f"warmup.bucket_by: perplexity: {len(missing)} samples have no score (first: {missing[:5]})"
             )
-        buckets = bucketize(samples, by=lambda s: scores[s.id], names=tuple(w.buckets))
+        buckets = bucketize(samples, by=lambda s: scores[s.id], names=tuple(w.buckets), within=within)
     else:
-        buckets = bucketize(samples, names=tuple(w.buckets))
+        buckets = bucketize(samples, names=tuple(w.buckets), within=within)
     return _run_phases(
         [(name, buckets[name]) for name in w.buckets],
         model_dir=model_dir,
@@ -111,7 +112,7 @@ def run_warmup(
         epochs=w.epochs,
         token_budget=None,
         checkpoint_every_steps=checkpoint_every_steps,
-        extra={"bucket_by": w.bucket_by},
+        extra={"bucket_by": w.bucket_by, "bucket_within": w.bucket_within},
     )
 
 

@@ -117,3 +117,52 @@ def test_bucketize_edge_cases():
         bucketize([SIMPLE], by=lambda s: math.nan)
     with pytest.raises(ValueError):
         bucketize([SIMPLE], names=("x", "x"))
+
+
+def test_one_cut_over_all_categories_leaves_the_last_phase_without_a_no_call_answer():
+    """Why warmup.bucket_within exists: by the structural score "no call" answers are easy or medium."""
+    samples = generate(600, seed=5)
+    hard = bucketize(samples)["hard"]
+    assert not [s for s in hard if s.category == "irrelevance"]
+
+
+def test_bucketize_within_a_group_cuts_each_groups_own_terciles():
+    samples = generate(600, seed=5)
+    buckets = bucketize(samples, within=lambda s: s.category)
+    by_cat: dict[str, dict[str, list]] = {}
+    for name, bucket in buckets.items():
+        for s in bucket:
+            by_cat.setdefault(s.category, {}).setdefault(name, []).append(s)
+    assert set(by_cat) == set(s.category for s in samples)
+    for cat, cut in by_cat.items():
+        own = [s for s in samples if s.category == cat]
+        # every phase trains every category, in that category's own terciles (earlier ones take the rest)
+        assert list(cut) == ["easy", "medium", "hard"], cat
+        assert [len(cut[n]) for n in ("easy", "medium", "hard")] == [
+            len(b) for b in bucketize(own).values()
+        ], cat
+        assert {n: [s.id for s in cut[n]] for n in cut} == {
+            n: [s.id for s in b] for n, b in bucketize(own).items()
+        }, cat
+    # input order is kept inside a bucket, and every sample is in exactly one bucket
+    pos = {s.id: i for i, s in enumerate(samples)}
+    for b in buckets.values():
+        assert [pos[s.id] for s in b] == sorted(pos[s.id] for s in b)
+    assert sorted(s.id for b in buckets.values() for s in b) == sorted(s.id for s in samples)
+
+
+@pytest.mark.parametrize("within", ["all", "category"])
+def test_the_warmup_cuts_its_phases_as_warmup_bucket_within_says(monkeypatch, within):
+    from itool_ray.config import load_config
+    from itool_ray.train import sft
+
+    seen = {}
+    monkeypatch.setattr(
+        sft, "_run_phases", lambda phases, **kw: seen.update(phases=phases, extra=kw["extra"])
+    )
+    samples = generate(300, seed=6)
+    cfg = load_config("tiny", ["--warmup.bucket_within", within])
+    sft.run_warmup(samples, model_dir="unused", out_dir="unused", cfg=cfg)
+    last = {s.category for s in seen["phases"][-1][1]}
+    assert ("irrelevance" in last) == (within == "category")
+    assert seen["extra"]["bucket_within"] == within

@@ -24,7 +24,7 @@ from itool_ray.driver.rundir import BASE, WARMUP, RunLayout
 log = logging.getLogger("itool")
 
 
-def _bar(total: int, desc: str):
+def _bar(total: int | None, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, leave=False)
@@ -117,15 +117,20 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
         if cfg.eval.bfcl_categories:
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            bres = evaluate_bfcl(
-                cfg.eval.bfcl_categories,
-                pool,
-                ctx.tokenizer(),
-                max_tokens=cfg.eval.max_tokens,
-                batch_size=cfg.eval.batch_size,
-                limit=cfg.eval.bfcl_limit,
-                max_model_len=cfg.engine.max_model_len,
-            )
+            bar = _bar(None, f"{name}: BFCL")
+            try:
+                bres = evaluate_bfcl(
+                    cfg.eval.bfcl_categories,
+                    pool,
+                    ctx.tokenizer(),
+                    max_tokens=cfg.eval.max_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    limit=cfg.eval.bfcl_limit,
+                    progress=bar.update,
+                    max_model_len=cfg.engine.max_model_len,
+                )
+            finally:
+                bar.close()
             out["bfcl"] = bres.to_dict(with_records=True)
             st.summary["bfcl"] = bres.accuracy
         rel = ctx.layout.eval_file(policy)

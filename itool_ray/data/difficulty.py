@@ -79,7 +79,8 @@ def bucketize(
     names: Sequence[str] = DIFFICULTIES,
     within: Callable[[Sample], str] | None = None,
 ) -> dict[str, list[Sample]]:
-    """Split into ``len(names)`` buckets of equal size (earlier buckets take the remainder) by score.
+    """Split into ``len(names)`` buckets of equal size (earlier buckets take the remainder) by score;
+    with ``within``, equal within each group.
 
     Ranks by ``(score, id, position)``, so ties are cut the same way whatever the input order; inside a
     bucket samples keep their input order (the curriculum runs across buckets, not within one).

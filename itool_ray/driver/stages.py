@@ -99,8 +99,7 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
     with ctx.run.stage(name) as st:
         pool = ctx.fleet
         heldout = ctx.samples("heldout")
-        bar = _bar(len(heldout), f"{name}: held-out")
-        try:
+        with _bar(len(heldout), f"{name}: held-out") as bar:
             res = evaluate_samples(
                 heldout,
                 pool,
@@ -111,14 +110,11 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
                 progress=bar.update,
                 max_model_len=cfg.engine.max_model_len,
             )
-        finally:
-            bar.close()
         out: dict[str, Any] = {"model": ctx.policy_model(policy), "heldout": res.to_dict(with_records=True)}
         if cfg.eval.bfcl_categories:
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            bar = _bar(None, f"{name}: BFCL")
-            try:
+            with _bar(None, f"{name}: BFCL") as bar:
                 bres = evaluate_bfcl(
                     cfg.eval.bfcl_categories,
                     pool,
@@ -129,8 +125,6 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
                     progress=bar.update,
                     max_model_len=cfg.engine.max_model_len,
                 )
-            finally:
-                bar.close()
             out["bfcl"] = bres.to_dict(with_records=True)
             st.summary["bfcl"] = bres.accuracy
         rel = ctx.layout.eval_file(policy)
@@ -202,8 +196,7 @@ def stage_mine(ctx: Context, k: int) -> None:
     layout = ctx.layout
     name = layout.step(k, "mine")
     with ctx.run.stage(name) as st:
-        bar = _bar(len(ctx.samples("train")), f"{name}: samples")
-        try:
+        with _bar(len(ctx.samples("train")), f"{name}: samples") as bar:
             summary = run_mining(
                 ctx.run.url(layout.split("train")),
                 fleet=ctx.fleet,
@@ -212,8 +205,6 @@ def stage_mine(ctx: Context, k: int) -> None:
                 cfg=ctx.cfg,
                 on_batch=lambda done, total: bar.update(done - bar.n),
             )
-        finally:
-            bar.close()
         ctx.run.write_json(layout.mining_summary(k), summary)
         st.outputs += [layout.mined(k), layout.mining_summary(k)]
         st.summary.update(
@@ -259,20 +250,17 @@ def stage_search(ctx: Context, k: int) -> None:
             pool = ctx.fleet
             # Trees advance together: the bar counts simulations, so its rate and ETA mean something
             # from the first wave on; the postfix counts finished trees.
-            bar = _bar(len(tasks) * ctx.cfg.mcts.simulations, f"{name}: simulations")
-            trees_finished = [0]
+            with _bar(len(tasks) * ctx.cfg.mcts.simulations, f"{name}: simulations") as bar:
+                trees_finished = [0]
 
-            def tree_done(tree: Any) -> None:
-                trees_finished[0] += 1
-                bar.set_postfix_str(f"trees {trees_finished[0]}/{len(tasks)}", refresh=False)
+                def tree_done(tree: Any) -> None:
+                    trees_finished[0] += 1
+                    bar.set_postfix_str(f"trees {trees_finished[0]}/{len(tasks)}", refresh=False)
 
-            def work(done: int, total: int) -> None:
-                bar.update(done - bar.n)
+                def work(done: int, total: int) -> None:
+                    bar.update(done - bar.n)
 
-            try:
                 result = run_search(tasks, pool.generate, ctx.cfg.mcts, progress=tree_done, on_work=work)
-            finally:
-                bar.close()
             lines = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.trees]
             stats = result.stats.to_dict()
         ctx.run.write_text(layout.trees(k), "".join(line + "\n" for line in lines))

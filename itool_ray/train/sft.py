@@ -101,9 +101,8 @@ def run_warmup(
             raise TrainError(
                 f"warmup.bucket_by: perplexity: {len(missing)} samples have no score (first: {missing[:5]})"
             )
-        buckets = bucketize(samples, by=lambda s: scores[s.id], names=tuple(w.buckets), within=within)
-    else:
-        buckets = bucketize(samples, names=tuple(w.buckets), within=within)
+    by = (lambda s: scores[s.id]) if w.bucket_by == "perplexity" else None
+    buckets = bucketize(samples, by=by, names=tuple(w.buckets), within=within)
     return _run_phases(
         [(name, buckets[name]) for name in w.buckets],
         model_dir=model_dir,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from itool_ray import logs
@@ -15,6 +16,7 @@ from itool_ray.config import PRESETS, Config, ConfigError, load_config
 
 EXIT_USAGE = 2  # bad config, bad input, bad flags
 EXIT_FAILURE = 1  # the environment failed: disk full, unwritable path
+EXIT_TERMINATED = 128 + signal.SIGTERM  # SIGTERM (ray job stop): what a shell reports for it
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup_console(args.verbose)
     from itool_ray.data.io import DatasetError
     from itool_ray.driver.compare import CompareError
-    from itool_ray.driver.pipeline import PlanError, StageFailed
+    from itool_ray.driver.pipeline import PlanError, StageFailed, Terminated
     from itool_ray.driver.rundir import WARMUP, RunDirError, RunLayout
     from itool_ray.models import ModelError
 
@@ -291,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_FAILURE
+    except Terminated:
+        print(
+            "itool: stopped (SIGTERM); completed stages are kept: re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("itool: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 
 from itool_ray import logs, storage
@@ -34,6 +35,11 @@ class StageFailed(RuntimeError):
 
 class PlanError(ValueError):
     """A stage name the run's plan does not have (``--restart-from``, ``itool iterate``)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a node draining): unwinds like Ctrl-C: the running stage is recorded as failed
+    (redone on the next run) and the fleet is released on the way out."""
 
 
 def _expected_failures() -> tuple[type[BaseException], ...]:
@@ -74,6 +80,22 @@ def init_ray() -> None:
             address=os.environ.get("RAY_ADDRESS")
         )  # worker output (training progress) reaches the driver
     _route_worker_output()
+    _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """After ``ray.init``: SIGTERM raises ``Terminated`` in the driver. ``ray.init`` leaves SIGTERM to its
+    core worker's crash handler (a C++ stack trace, then an abort: exit 134 mid-cleanup); a second SIGTERM
+    during the unwinding is ignored so the fleet's release finishes (``ray job stop`` SIGKILLs after
+    ``RAY_JOB_STOP_WAIT_TIME_S``)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("SIGTERM: the driver was stopped")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _route_worker_output() -> None:

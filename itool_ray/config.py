@@ -167,6 +167,9 @@ class PairsConfig(_Section):
     # With value_errors_only, still keep the pairs that teach when not to call: the chosen answer calls
     # nothing (the right answer to an irrelevant request) and the rejected one calls a tool.
     keep_abstain_pairs: bool = False
+    # At most this share of an iteration's pairs may be "no call (chosen) vs a call": with the SFT term on the
+    # chosen side, a share above the data's makes "[]" the answer to everything (1.0: no cap).
+    max_abstain_share: float = Field(1.0, ge=0, le=1)
     # "step": pairs at the tree's forks (the method); "response": the best against the worst complete answer
     # the same search found, with no shared prefix (the ablation of step-level pairs).
     level: Literal["step", "response"] = "step"

@@ -36,7 +36,8 @@ answer calls a tool: what an irrelevant request teaches (not to call), which no 
 
 Caps: at most ``max_per_sample`` pairs per sample and ``max_per_iteration`` in all, preferring the
 largest Q gaps (ground-truth pairs rank by 1 - reward of the deficient answer); exact duplicates (same
-prompt, chosen, rejected and tools) are kept once.
+prompt, chosen, rejected and tools) are kept once. Then at most ``max_abstain_share`` of the pairs left
+are "no call against a call", again the largest gaps kept.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class PairStats:
     duplicates: int = 0
     over_sample_cap: int = 0
     over_iteration_cap: int = 0
+    over_abstain_cap: int = 0  # abstain pairs beyond max_abstain_share of the iteration's pairs
     mcts_pairs: int = 0
     ground_truth_pairs: int = 0
 
@@ -293,6 +295,20 @@ def _gap(pair: dict[str, Any]) -> float:
     return pair["meta"]["q_chosen"] - pair["meta"]["q_rejected"]
 
 
+def _cap_abstain(
+    ranked: list[tuple[int, int, dict[str, Any]]], share: float
+) -> tuple[list[tuple[int, int, dict[str, Any]]], int]:
+    """Keep abstain pairs (no call against a call) to at most ``share`` of all pairs: the largest gaps."""
+    abstain = [t for t in ranked if abstains_against_a_call(t[2])]
+    others = len(ranked) - len(abstain)
+    keep = len(abstain) if share >= 1 else min(len(abstain), int(share * others / (1 - share) + _EPS))
+    if keep == len(abstain):
+        return ranked, 0
+    kept = {id(t[2]) for t in sorted(abstain, key=lambda t: (-_gap(t[2]), t[0], t[1]))[:keep]}
+    dropped = {id(t[2]) for t in abstain} - kept
+    return [t for t in ranked if id(t[2]) not in dropped], len(dropped)
+
+
 def build_pairs(
     trees: Iterable[Tree],
     samples: Mapping[str, Sample],
@@ -358,6 +374,7 @@ def build_pairs(
     if len(ranked) > cfg.max_per_iteration:
         stats.over_iteration_cap = len(ranked) - cfg.max_per_iteration
         ranked = sorted(ranked, key=lambda t: (-_gap(t[2]), t[0], t[1]))[: cfg.max_per_iteration]
+    ranked, stats.over_abstain_cap = _cap_abstain(ranked, cfg.max_abstain_share)
     ranked.sort(key=lambda t: (t[0], t[1]))
     out = [p for _, _, p in ranked]
     stats.mcts_pairs = sum(p["meta"]["origin"] in (MCTS, MCTS_RESPONSE) for p in out)

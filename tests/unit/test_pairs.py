@@ -287,6 +287,42 @@ def test_abstain_pairs_teach_not_to_call_alongside_value_errors():
     assert pairs == [] and stats.abstain == 0
 
 
+def test_abstain_share_caps_no_call_pairs_at_their_share_of_the_iteration_keeping_the_largest_gaps():
+    """Three irrelevant requests answered with a call (abstain pairs, gaps 1.0, 1.0, 0.5) and three value
+    errors: a share of 1/4 keeps one abstain pair (1 of 4), the largest gap first in sample order."""
+
+    def score(text: str, smp: Sample) -> float:
+        if not smp.answer:
+            return 1.0 if text.strip() == "[]" else 0.5 if "Rome" in text else 0.0
+        return unit_score(text, smp)
+
+    tools = sample().tools
+    irr = [Sample(id=f"i{k}", tools=tools, messages=sample(f"i{k}").messages, answer=[]) for k in range(3)]
+    calls = ['[get_weather(city="Paris")]', '[get_weather(city="Oslo")]', '[get_weather(city="Rome")]']
+    values = [sample(f"v{k}") for k in range(3)]
+    deficient = list(zip(irr, calls, strict=True)) + [(v, FAHRENHEIT) for v in values]
+    samples = {x.id: x for x in irr + values}
+    args = dict(iteration=1, score=score, deficient=deficient)
+
+    def build(share: float):
+        cfg = PairsConfig(value_errors_only=True, keep_abstain_pairs=True, max_abstain_share=share)
+        pairs, stats = build_pairs([], samples, cfg, **args)
+        return [p["meta"]["sample_id"] for p in pairs], stats
+
+    ids, stats = build(1.0)  # the default: no cap
+    assert ids == ["i0", "i1", "i2", "v0", "v1", "v2"] and (stats.abstain, stats.over_abstain_cap) == (3, 0)
+    ids, stats = build(0.25)
+    assert ids == ["i0", "v0", "v1", "v2"] and stats.over_abstain_cap == 2
+    ids, stats = build(0.5)  # 3 of 6 is exactly half: nothing dropped
+    assert len(ids) == 6 and stats.over_abstain_cap == 0
+    ids, stats = build(0.0)
+    assert ids == ["v0", "v1", "v2"] and stats.over_abstain_cap == 3
+    # Value-error pairs are never capped by it: with no abstain pair, every pair stays.
+    cfg = PairsConfig(value_errors_only=True, keep_abstain_pairs=True, max_abstain_share=0.0)
+    pairs, stats = build_pairs([], samples, cfg, iteration=1, score=score, deficient=deficient[3:])
+    assert len(pairs) == 3 and stats.over_abstain_cap == 0
+
+
 def test_response_level_pairs_take_the_best_and_worst_whole_answers_of_the_same_search():
     s = sample()
     step = build_pairs([fork_tree()], {"w0": s}, PairsConfig(), iteration=1)[0]

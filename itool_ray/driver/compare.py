@@ -2,8 +2,9 @@
 
 The base run (the config as given: the full method and its SFT controls) runs to completion, or is reused
 when it has. Each variant is that config plus overrides; it shares the base run's completed prefix
-(data, base evaluation, warm-up, the first mining: never recomputed) and runs the rest in its own run
-directory ``<run>/compare/<variant>/``. The table compares every variant's final policy with the full
+(data, base evaluation, warm-up, the first mining: never recomputed; the first search too when the
+variant leaves ``mcts`` and ``replicas`` alone, so a variant of the pair rule or the training reads the
+same trees as the full method) and runs the rest in its own run directory ``<run>/compare/<variant>/``. The table compares every variant's final policy with the full
 method and with the warm-up on the same evaluation samples, with paired 95% bootstrap intervals.
 
 Variants may change only what comes after the shared prefix (``mcts``, ``pairs``, ``train``,
@@ -32,6 +33,7 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 ALLOWED_SECTIONS = ("mcts", "pairs", "train", "distributed", "replicas")
 SHARED_PREFIX_END = RunLayout.step(1, "mine")  # the first mining, included
+SEARCH_SECTIONS = ("mcts", "replicas")  # a variant that changes neither shares the first search as well
 
 
 class CompareError(ValueError):
@@ -88,11 +90,10 @@ def run_compare(cfg: Config, variants: dict[str, dict[str, Any]]) -> dict[str, A
 
     configs = {name: variant_config(cfg, name, over) for name, over in variants.items()}  # all checked first
     base = run_pipeline(cfg)
-    prefix = [e.name for e in plan(cfg)]
-    prefix = prefix[: prefix.index(SHARED_PREFIX_END) + 1] if SHARED_PREFIX_END in prefix else prefix
+    names = [e.name for e in plan(cfg)]
     for name, vcfg in configs.items():
         vrun = RunDir(vcfg.run.dir)
-        for stage in prefix:
+        for stage in shared_prefix(names, variants[name]):
             if not vrun.stage_done(stage):
                 vrun.adopt(stage, base)
         log.info("compare: variant %s (%s)", name, variants[name] or "no overrides")
@@ -101,6 +102,13 @@ def run_compare(cfg: Config, variants: dict[str, dict[str, Any]]) -> dict[str, A
     base.write_json(RunLayout.COMPARE_RESULTS, out)
     base.write_text(RunLayout.COMPARE_TABLE, comparison_table(out) + "\n")
     return out
+
+
+def shared_prefix(names: list[str], overrides: dict[str, Any]) -> list[str]:
+    """The base run's stages a variant adopts: through the first mining, or through the first search when
+    the overrides leave the search's settings alone."""
+    end = SHARED_PREFIX_END if set(overrides) & set(SEARCH_SECTIONS) else RunLayout.step(1, "search")
+    return names[: names.index(end) + 1] if end in names else names
 
 
 def _final(cfg: Config) -> str:

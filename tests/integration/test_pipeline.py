@@ -513,12 +513,16 @@ def test_compare_runs_each_variant_on_the_base_runs_prefix_and_recomputes_nothin
     base_dir = tmp_path / "cmp"
     base = _manifest(base_dir)["stages"]
     shared = ("data", "model", "eval_base", "warmup", "eval_warmup", "iter_1/mine")
+    # response_level changes only the pair rule: it reads the full method's own trees (no second search).
+    searched = {"no_mcts": shared, "response_level": (*shared, "iter_1/search")}
     for name in variants:
         stages_v = _manifest(base_dir / "compare" / name)["stages"]
-        for stage in shared:
+        for stage in searched[name]:
             assert stages_v[stage]["adopted_from"] == str(base_dir), (name, stage)
             assert stages_v[stage]["ended"] == base[stage]["ended"], (name, stage)
         for stage in ("iter_1/search", "iter_1/pairs", "iter_1/train", "iter_1/eval"):
+            if stage in searched[name]:
+                continue
             assert stages_v[stage]["status"] == "done" and "adopted_from" not in stages_v[stage], (
                 name,
                 stage,
@@ -531,6 +535,8 @@ def test_compare_runs_each_variant_on_the_base_runs_prefix_and_recomputes_nothin
         > 0
         == no_mcts["iter_1/pairs"]["summary"]["mcts_pairs"]
     )
+    trees = (base_dir / "compare" / "response_level" / "iter_1" / "trees.jsonl").read_bytes()
+    assert trees == (base_dir / "iter_1" / "trees.jsonl").read_bytes()
     response = (base_dir / "compare" / "response_level" / "iter_1" / "pairs.jsonl").read_text().splitlines()
     assert {json.loads(p)["meta"]["origin"] for p in response} <= {"mcts_response", "ground_truth"}
 

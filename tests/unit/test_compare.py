@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from itool_ray.config import load_config
-from itool_ray.driver.compare import CompareError, comparison_table, load_variants, variant_config
+from itool_ray.driver.compare import (
+    CompareError,
+    comparison_table,
+    load_variants,
+    shared_prefix,
+    variant_config,
+)
+from itool_ray.driver.stages import plan
 
 
 @pytest.fixture()
@@ -33,6 +40,27 @@ def test_a_variant_that_changes_the_shared_prefix_is_refused_naming_it(cfg, over
     section = next(iter(over))
     with pytest.raises(CompareError, match=f"changes {section}, which the shared prefix"):
         variant_config(cfg, "bad", over)
+
+
+@pytest.mark.parametrize(
+    ("over", "last_shared"),
+    [
+        ({"pairs": {"level": "response"}}, "iter_1/search"),
+        ({"train": {"lr": 1e-6}, "run": {"iterations": 2}}, "iter_1/search"),
+        ({"mcts": {"search": False}}, "iter_1/mine"),
+        ({"replicas": {"num_replicas": 2}, "pairs": {"q_gap": 0.2}}, "iter_1/mine"),
+    ],
+)
+def test_a_variant_shares_the_first_search_only_when_it_leaves_the_search_alone(cfg, over, last_shared):
+    names = [e.name for e in plan(cfg)]
+    shared = shared_prefix(names, over)
+    assert shared == names[: names.index(last_shared) + 1]
+    assert shared[:4] == ["data", "model", "eval_base", "warmup"]
+    assert shared_prefix(["data", "model", "eval_base"], over) == [
+        "data",
+        "model",
+        "eval_base",
+    ]  # no iteration
 
 
 def test_bad_variant_values_and_names_are_one_line(cfg):

@@ -57,6 +57,7 @@ def arrow_schema() -> Any:  # -> pyarrow.Schema
             ("sampled_texts", pa.list_(pa.string())),
             ("sampled_scores", pa.list_(pa.float64())),
             ("sampled_exact", pa.list_(pa.bool_())),
+            ("generated_tokens", pa.int64()),  # the greedy and sampled answers' tokens together
             ("gt_tokens", pa.int64()),
             ("gt_logprob", pa.float64()),
             ("gt_perplexity", pa.float64()),
@@ -107,12 +108,17 @@ def mined_rows(
 ) -> list[dict[str, Any]]:
     """The rows of one batch from the answers to ``mining_requests`` and the ground truths' logprobs."""
     n, k = len(samples), cfg.mining.samples_per_prompt
+
+    def tokens(result: GenerationResult) -> int:
+        return sum(len(c.token_ids) for c in result.completions)
+
     return [
         mine_record(
             s,
             results[i].completions[0].text,
             [c.text for c in results[n + i].completions] if k else [],
             gt_logprobs[i],
+            generated_tokens=tokens(results[i]) + (tokens(results[n + i]) if k else 0),
         )
         for i, s in enumerate(samples)
     ]
@@ -130,8 +136,11 @@ def mine_record(
     greedy_text: str,
     sampled_texts: Sequence[str],
     gt_logprobs: Sequence[float],
+    *,
+    generated_tokens: int = 0,
 ) -> dict[str, Any]:
-    """One sample's scores: greedy and sampled answers with their rewards, ground-truth perplexity.
+    """One sample's scores: greedy and sampled answers with their rewards, ground-truth perplexity, and
+    the tokens the policy generated for them (``generated_tokens``: the mining's cost).
 
     ``hard``/``deficient``/``reason`` are placeholders until ``apply_rule`` sees every record.
     """
@@ -151,6 +160,7 @@ def mine_record(
         "sampled_texts": list(sampled_texts),
         "sampled_scores": [float(m.score) for m in sampled],
         "sampled_exact": [bool(m.exact) for m in sampled],
+        "generated_tokens": int(generated_tokens),
         "gt_tokens": len(gt_logprobs),
         "gt_logprob": math.fsum(gt_logprobs),
         "gt_perplexity": perplexity(gt_logprobs),
@@ -229,7 +239,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and accuracies for the report: overall, by category, by has-call group; deficient by reason."""
+    """Counts and accuracies for the report: overall, by category, by has-call group; deficient by reason;
+    the tokens the policy generated and the ground-truth tokens it scored (what mining cost)."""
     by_reason: dict[str, int] = defaultdict(int)
     for r in rows:
         if r["deficient"]:
@@ -254,6 +265,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wrong": sum(r["wrong"] for r in rows),
         "hard": sum(r["hard"] for r in rows),
         "deficient_by_reason": dict(sorted(by_reason.items())),
+        # rows mined before the count existed have no "generated_tokens"
+        "generated_tokens": sum(int(r.get("generated_tokens") or 0) for r in rows),
+        "scored_tokens": sum(int(r.get("gt_tokens") or 0) for r in rows),
         "by_category": {name: _accuracy(group) for name, group in sorted(by_category.items())},
         "by_group": groups,
     }

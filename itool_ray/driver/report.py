@@ -156,31 +156,38 @@ def _interval_section(results: dict[str, Any]) -> list[str]:
 
 def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
     """What each training stage cost: trained tokens, optimizer steps, samples or pairs, learning rate, and
-    for the iterations the tokens the search generated."""
+    for the iterations what the method adds: the reference model's forward tokens (DPO), the tokens the
+    policy generated while mining and searching, and the ground-truth tokens mining scored."""
     layout = RunLayout.of(cfg)
-    rows: list[tuple[str, str, float, str | None]] = [
+    rows: list[tuple[str, str, float, int | None]] = [
         (WARMUP, layout.train_stage(WARMUP), cfg.warmup.lr, None)
     ]
     rows += [
-        (layout.iteration(k), layout.step(k, "train"), cfg.train.lr, layout.step(k, "search"))
+        (layout.iteration(k), layout.step(k, "train"), cfg.train.lr, k)
         for k in range(1, layout.iterations + 1)
     ]
     rows += [(c, layout.train_stage(c), cfg.warmup.lr, None) for c in layout.controls]
     lines = [
         "## Training cost",
         "",
-        "| stage | trained tokens | optimizer steps | samples / pairs | lr | search generated tokens |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| stage | trained tokens | optimizer steps | samples / pairs | lr | reference forward tokens "
+        "| mining generated tokens | search generated tokens | mining scored tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, name, lr, search in rows:
+    for label, name, lr, k in rows:
         summ = stages.get(name, {}).get("summary")
         if summ is None:
             continue
         n = summ.get("pairs", summ.get("samples", "–"))
-        gen = stages.get(search, {}).get("summary", {}).get("generated_tokens", "–") if search else "–"
+        mine, search = (
+            stages.get(layout.step(k, step), {}).get("summary", {}) if k else {}
+            for step in ("mine", "search")
+        )
+        ref = summ.get("reference_tokens", "–") if k else "–"
         lines.append(
             f"| {label} | {summ.get('trained_tokens', '–')} | {summ.get('global_steps', '–')} | {n} "
-            f"| {lr:g} | {gen} |"
+            f"| {lr:g} | {ref} | {mine.get('generated_tokens', '–')} | {search.get('generated_tokens', '–')} "
+            f"| {mine.get('scored_tokens', '–')} |"
         )
     return [*lines, ""] if len(lines) > 4 else []
 

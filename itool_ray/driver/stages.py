@@ -159,7 +159,15 @@ def stage_difficulty(ctx: Context) -> None:
 
 
 def _train_summary(res: Any) -> dict[str, Any]:
-    keep = ("trained_tokens", "loss_tokens", "tokens_per_s", "runtime_s", "train_loss", "global_steps")
+    keep = (
+        "trained_tokens",
+        "loss_tokens",
+        "reference_tokens",
+        "tokens_per_s",
+        "runtime_s",
+        "train_loss",
+        "global_steps",
+    )
     return {k: res.summary[k] for k in keep if k in res.summary}
 
 
@@ -208,7 +216,11 @@ def stage_mine(ctx: Context, k: int) -> None:
         ctx.run.write_json(layout.mining_summary(k), summary)
         st.outputs += [layout.mined(k), layout.mining_summary(k)]
         st.summary.update(
-            {key: summary[key] for key in ("n", "deficient", "greedy_accuracy") if key in summary}
+            {
+                key: summary[key]
+                for key in ("n", "deficient", "greedy_accuracy", "generated_tokens", "scored_tokens")
+                if key in summary
+            }
         )
 
 

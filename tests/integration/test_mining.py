@@ -62,6 +62,11 @@ def _check_output(rows, summary, samples):
         == sum(summary["deficient_by_reason"].values())
     )
     assert sum(c["n"] for c in summary["by_category"].values()) == N
+    # What mining cost: the tokens of three answers a sample (greedy + 2 sampled, 24 at most each), and
+    # the ground truths scored; the Parquet rows and the summary agree.
+    assert all(0 < r["generated_tokens"] <= 3 * 24 for r in rows)
+    assert summary["generated_tokens"] == sum(r["generated_tokens"] for r in rows)
+    assert summary["scored_tokens"] == sum(r["gt_tokens"] for r in rows)
 
 
 def test_mining_writes_every_score_and_a_summary(fleet, tiny_model_dir, samples, cfg, tmp_path):

@@ -191,15 +191,21 @@ def test_mining_asks_greedy_then_seeded_samples_and_scores_each_ground_truth(tmp
 
     def result(*texts: str) -> GenerationResult:
         return GenerationResult(
-            [Completion(text=t, token_ids=[1], logprobs=None, finish_reason="stop") for t in texts]
+            [Completion(text=t, token_ids=[1] * len(t), logprobs=None, finish_reason="stop") for t in texts]
         )
 
     right = render_answer(CALL)
     answers = [result(right), result("[]"), result(right, "nonsense"), result("[]", "[]")]
-    rows = mined_rows(s, answers, [[-0.1], [-0.2]], cfg)
+    rows = mined_rows(s, answers, [[-0.1], [-0.2, -0.3]], cfg)
     assert [r["id"] for r in rows] == ["a", "b"]
     assert rows[0]["greedy_exact"] and rows[0]["sampled_exact"] == [True, False] and rows[0]["wrong"]
     assert not rows[1]["wrong"]
+    # What mining cost: every token the policy generated for a sample (greedy and sampled answers), and
+    # the ground-truth tokens it scored; the summary adds them up.
+    assert [r["generated_tokens"] for r in rows] == [2 * len(right) + len("nonsense"), 3 * len("[]")]
+    summary = summarize(apply_rule(rows, ratio=0.0))
+    assert summary["generated_tokens"] == 2 * len(right) + len("nonsense") + 6
+    assert summary["scored_tokens"] == 3
 
 
 def test_the_deficient_answer_is_the_wrong_greedy_one_else_the_worst_sample():

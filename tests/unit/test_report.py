@@ -125,3 +125,34 @@ def test_every_path_the_report_reads_or_writes_comes_from_the_run_layout(run, tm
         "results.json",
         "report.md",
     } <= recording.touched
+
+
+def test_the_cost_table_shows_what_the_method_adds_to_training(run, tmp_path):
+    """Issue 14 §1: for the iterations the reference forwards and the tokens mining and search generated,
+    next to every training stage's trained tokens, steps, samples or pairs and learning rate."""
+    cfg = load_config("tiny", ["--run.root", str(tmp_path), "--run.name", "run"])
+    done = {"status": "done", "seconds": 1.0}
+    stages = {
+        "warmup": {**done, "summary": {"trained_tokens": 900, "global_steps": 9, "samples": 30}},
+        "iter_1/mine": {**done, "summary": {"n": 30, "generated_tokens": 4100, "scored_tokens": 310}},
+        "iter_1/search": {**done, "summary": {"generated_tokens": 5200}},
+        "iter_1/train": {
+            **done,
+            "summary": {"pairs": 7, "trained_tokens": 600, "reference_tokens": 600, "global_steps": 2},
+        },
+        "control": {**done, "summary": {"trained_tokens": 610, "global_steps": 3, "samples": 30}},
+    }
+    run.write_json("manifest.json", {"stages": stages})
+    write_report(run, cfg)
+    md = run.read_text("report.md")
+    table = md[md.index("## Training cost") :].split("\n\n")[1].splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    assert set(rows) == {"warmup", "iter_1", "control"}
+    it = dict(zip(head, rows["iter_1"], strict=True))
+    assert it["trained tokens"] == "600" and it["samples / pairs"] == "7"
+    assert it["reference forward tokens"] == "600"
+    assert it["mining generated tokens"] == "4100" and it["search generated tokens"] == "5200"
+    assert it["mining scored tokens"] == "310"
+    control = dict(zip(head, rows["control"], strict=True))
+    assert control["trained tokens"] == "610" and control["mining generated tokens"] == "–"

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup_console(args.verbose)
     from itool_ray.data.io import DatasetError
     from itool_ray.driver.compare import CompareError
-    from itool_ray.driver.pipeline import PlanError, StageFailed, Terminated
+    from itool_ray.driver.pipeline import PlanError, StageFailed, Terminated, as_terminated
     from itool_ray.driver.rundir import WARMUP, RunDirError, RunLayout
     from itool_ray.models import ModelError
 
@@ -293,13 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk or an unwritable path outside the run directory's own writes
         print(f"itool: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    except Terminated:
-        print(
-            "itool: stopped (SIGTERM); completed stages are kept: re-run the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`ray job stop`): see pipeline.as_terminated
+        if isinstance(as_terminated(e), Terminated):
+            print(
+                "itool: stopped (SIGTERM); completed stages are kept: re-run the same command to resume",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED
         print("itool: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return EXIT_USAGE

@@ -42,6 +42,10 @@ class Terminated(KeyboardInterrupt):
     (redone on the next run) and the fleet is released on the way out."""
 
 
+STOPPED = "SIGTERM: the driver was stopped"
+_sigterm = threading.Event()  # set by the SIGTERM handler of ``_stop_on_sigterm``
+
+
 def _expected_failures() -> tuple[type[BaseException], ...]:
     """Errors that mean "this input/config cannot work", reported without a traceback. Anything else (a
     bare ValueError or KeyError included) is a bug and keeps its traceback."""
@@ -90,12 +94,20 @@ def _stop_on_sigterm() -> None:
     ``RAY_JOB_STOP_WAIT_TIME_S``)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _sigterm.clear()
 
     def handler(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated("SIGTERM: the driver was stopped")
+        _sigterm.set()
+        raise Terminated(STOPPED)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def as_terminated(e: KeyboardInterrupt) -> KeyboardInterrupt:
+    """What a KeyboardInterrupt in the driver means: Ray's waits (``ray.get``) turn whatever a signal handler
+    raised into a bare ``KeyboardInterrupt``, so after a SIGTERM it is ``Terminated``, whatever its type."""
+    return Terminated(STOPPED) if _sigterm.is_set() and not isinstance(e, Terminated) else e
 
 
 def _route_worker_output() -> None:
@@ -211,10 +223,21 @@ def _run_plan(
                     f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
                     "stages are kept)"
                 ) from e
+            except KeyboardInterrupt as e:
+                stop = as_terminated(e)
+                if stop is not e:
+                    run.note_stage(name, error=f"{type(stop).__name__}: {stop}")
+                    raise stop from e
+                raise
             run.note_stage(name, resources_held_after=ctx.held_after_stage())
             log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
             if os.environ.get(KILL_AFTER_STAGE_ENV) == name:
                 os.kill(os.getpid(), signal.SIGKILL)
+    except KeyboardInterrupt as e:  # outside a stage's body: starting or reloading the fleet
+        stop = as_terminated(e)
+        if stop is not e:
+            raise stop from e
+        raise
     finally:
         ctx.enter("end", NOTHING)
         ctx.release_pool("end of run")

@@ -1,6 +1,6 @@
 import json
 
-from itool_ray.cli import EXIT_USAGE, main
+from itool_ray.cli import EXIT_TERMINATED, EXIT_USAGE, main
 
 
 def test_config_show_prints_resolved_overrides(capsys):
@@ -85,3 +85,60 @@ def test_a_bug_inside_a_stage_keeps_its_traceback(tmp_path, monkeypatch, ray_ses
     monkeypatch.setattr(stages, "plan", plan_raising(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):  # not dressed up as "stage data failed"
         pipeline.run_pipeline(cfg)
+
+
+def test_sigterm_while_ray_waits_ends_the_run_as_stopped_not_as_ctrl_c(
+    tmp_path, monkeypatch, capsys, ray_session
+):
+    """Ray's waits turn what the SIGTERM handler raises into a bare KeyboardInterrupt (seen on `itool run`
+    stopped during an evaluation): the run must still end as ``Terminated`` (exit 143, "stopped") and
+    record the stage as stopped."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from itool_ray.config import load_config
+    from itool_ray.driver import pipeline, stages
+    from itool_ray.driver.context import PlanEntry
+    from itool_ray.driver.rundir import RunDir
+
+    cfg = load_config("tiny", ["--run.root", str(tmp_path)])
+    waiting = []
+
+    @ray_session.remote(num_cpus=0)
+    def slow():
+        time.sleep(20)
+
+    def stage(ctx):
+        with ctx.run.stage("data"):
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            waiting.append(slow.remote())
+            ray_session.get(waiting[-1])
+
+    monkeypatch.setattr(stages, "plan", lambda cfg: [PlanEntry("data", stage)])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["run", "--config", "tiny", "--run.root", str(tmp_path)]) == EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for ref in waiting:
+            ray_session.cancel(ref, force=True)
+    err = capsys.readouterr().err
+    assert "itool: stopped (SIGTERM)" in err and "re-run the same command" in err, err
+    record = RunDir(cfg.run.dir).manifest()["stages"]["data"]
+    assert record["status"] == "failed" and record["error"].startswith("Terminated: SIGTERM"), record
+    # A Ctrl-C is still a Ctrl-C once the handler is installed and no SIGTERM came.
+    monkeypatch.setattr(stages, "plan", lambda cfg: [PlanEntry("data", _interrupted)])
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            pipeline.run_pipeline(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert type(info.value) is KeyboardInterrupt
+
+
+def _interrupted(ctx):
+    raise KeyboardInterrupt

@@ -4,8 +4,9 @@ The base run (the config as given: the full method and its SFT controls) runs to
 when it has. Each variant is that config plus overrides; it shares the base run's completed prefix
 (data, base evaluation, warm-up, the first mining: never recomputed; the first search too when the
 variant leaves ``mcts`` and ``replicas`` alone, so a variant of the pair rule or the training reads the
-same trees as the full method) and runs the rest in its own run directory ``<run>/compare/<variant>/``. The table compares every variant's final policy with the full
-method and with the warm-up on the same evaluation samples, with paired 95% bootstrap intervals.
+same trees as the full method) and runs the rest in its own run directory ``<run>/compare/<variant>/``.
+The table compares every variant's final policy with the full method and with the warm-up on the same
+evaluation samples, with paired 95% bootstrap intervals.
 
 Variants may change only what comes after the shared prefix (``mcts``, ``pairs``, ``train``,
 ``distributed``, ``replicas``, ``run.iterations``); anything else would make the prefix not theirs.

@@ -208,6 +208,7 @@ def _run_plan(
     ctx = Context(cfg, run)
     init_ray()
     t0 = time.time()
+    running = None  # the stage whose body is running (its record says so)
     try:
         for i, (name, fn, needs) in enumerate(plan, 1):
             if run.stage_done(name):
@@ -216,6 +217,7 @@ def _run_plan(
             t = time.time()
             log.info("[%d/%d] %s ...", i, len(plan), name)
             ctx.enter(name, needs)
+            running = name
             try:
                 fn(ctx)
             except _expected_failures() as e:
@@ -223,21 +225,18 @@ def _run_plan(
                     f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
                     "stages are kept)"
                 ) from e
-            except KeyboardInterrupt as e:
-                stop = as_terminated(e)
-                if stop is not e:
-                    run.note_stage(name, error=f"{type(stop).__name__}: {stop}")
-                    raise stop from e
-                raise
+            running = None
             run.note_stage(name, resources_held_after=ctx.held_after_stage())
             log.info("[%d/%d] %s: finished in %.1f s", i, len(plan), name, time.time() - t)
             if os.environ.get(KILL_AFTER_STAGE_ENV) == name:
                 os.kill(os.getpid(), signal.SIGKILL)
-    except KeyboardInterrupt as e:  # outside a stage's body: starting or reloading the fleet
+    except KeyboardInterrupt as e:  # in a stage's body, or starting / reloading the fleet
         stop = as_terminated(e)
-        if stop is not e:
-            raise stop from e
-        raise
+        if stop is e:
+            raise
+        if running:  # its record says KeyboardInterrupt: say what it was
+            run.note_stage(running, error=f"{type(stop).__name__}: {stop}")
+        raise stop from e
     finally:
         ctx.enter("end", NOTHING)
         ctx.release_pool("end of run")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,11 @@ class RunLayout:
     def policy_file(policy: str) -> str:
         """The file a training stage leaves: where its checkpoint is."""
         return f"{policy}/policy.txt"
+
+    @staticmethod
+    def is_model_ref(rel: str) -> bool:
+        """Whether a run file holds a model reference (``RunDir.model_ref``)."""
+        return rel == RunLayout.BASE_MODEL or (rel.endswith("/policy.txt") and rel.count("/") == 1)
 
     @staticmethod
     def checkpoint(policy: str) -> str:
@@ -230,20 +236,65 @@ class RunDir:
     def stage_done(self, name: str) -> bool:
         """Done = recorded as done and every recorded output still there, unchanged. Outputs are hashed
         once, when the stage ends; later checks compare their listing (names, sizes, modification times or
-        ETags), which costs no reading: an 8B checkpoint is not re-hashed on every run."""
+        ETags), which costs no reading: an 8B checkpoint is not re-hashed on every run. A listing that
+        changed while the bytes did not (the run directory copied or moved: ``cp -r``, an object-store
+        copy) is told apart by the checksum, once: the new listing is recorded."""
         entry = self.manifest()["stages"].get(name)
         if not entry or entry.get("status") != "done":
             return False
         listings = entry.get("listings", {})
+        relisted = {}
         for rel, digest in entry.get("checksums", {}).items():
             if not self.exists(rel):
                 return False
-            if rel in listings:
-                if self.listing_key(rel) != listings[rel]:
-                    return False
-            elif self.checksum(rel) != digest:  # a manifest written before listings were recorded
+            key = self.listing_key(rel)
+            if listings.get(rel) == key:
+                continue
+            if self.checksum(rel) != digest:  # rewritten, or a file added or removed
                 return False
+            relisted[rel] = key
+        if relisted:
+            if listings:
+                log.info("%s: outputs copied or moved since the stage ended; their checksums match", name)
+            self._update_stage(name, listings={**listings, **relisted})
         return True
+
+    # -- model references (policy.txt, model/base_path.txt) ------------------------------------------
+    def model_ref(self, model: str) -> str:
+        """What a run file stores for ``model``: a path relative to the run directory (``./warmup/ckpt``)
+        when the model lies inside it, so a copied or moved run finds its own checkpoints; else the model as
+        given (a path or URI elsewhere, a hub id)."""
+        here, there = self._comparable(self.uri), self._comparable(model)
+        if there.startswith(here + "/"):
+            return "./" + there[len(here) + 1 :]
+        return model
+
+    def model_at(self, ref: str) -> str:
+        """The model a stored reference names: a relative one (``./``, ``../``) resolved against this run
+        directory, anything else as it is."""
+        if not ref.startswith(("./", "../")):
+            return ref
+        scheme, sep, path = self.uri.rpartition("://")
+        resolved = posixpath.normpath(posixpath.join(path, ref))
+        return f"{scheme}{sep}{resolved}" if sep else resolved
+
+    def _rebase_ref(self, ref: str, source: RunDir) -> str:
+        """``source``'s reference as seen from here: relative when both the model and this run lie in
+        ``source`` (an ``itool compare`` variant under its base run), so copying the whole run keeps it."""
+        model = source.model_at(ref)
+        if model == ref:
+            return ref
+        here, inside = self._comparable(self.uri), self._comparable(source.uri)
+        if here.startswith(inside + "/"):
+            return posixpath.relpath(self._comparable(model), here)
+        return model
+
+    @staticmethod
+    def _comparable(uri: str) -> str:
+        """A form in which "lies inside" is a string prefix: an absolute local path, or the URI itself."""
+        if storage.is_local(uri):
+            return os.path.abspath(storage.local_path(uri))
+        return uri.rstrip("/")
 
     def listing_key(self, rel: str) -> str:
         """A digest of an output's listing: changes when a file under it is added, removed or rewritten."""
@@ -261,21 +312,22 @@ class RunDir:
     def adopt(self, name: str, source: RunDir) -> None:
         """Record stage ``name`` as done here with ``source``'s outputs (``itool compare``: variants share a
         run's completed prefix). Its files are copied; its directories (checkpoints) stay where they are,
-        referenced by the copied files (``policy.txt``)."""
+        referenced by the copied files (``policy.txt``, its reference rebased)."""
         entry = source.manifest()["stages"].get(name)
         if not entry or not source.stage_done(name):
             raise RunDirError(f"cannot share stage {name} of {source.uri}: it is not done there")
         files = [rel for rel in entry.get("outputs", []) if not source.fs.isdir(source.path(rel))]
         for rel in files:
-            self.write_bytes(rel, source.fs.cat_file(source.path(rel)))
+            if RunLayout.is_model_ref(rel):
+                self.write_text(rel, self._rebase_ref(source.read_text(rel).strip(), source) + "\n")
+            else:
+                self.write_bytes(rel, source.fs.cat_file(source.path(rel)))
         self._update_stage(
             name,
             **{
                 **entry,
                 "outputs": files,
-                "checksums": {
-                    rel: entry["checksums"][rel] for rel in files if rel in entry.get("checksums", {})
-                },
+                "checksums": {rel: self.checksum(rel) for rel in files if rel in entry.get("checksums", {})},
                 "listings": {rel: self.listing_key(rel) for rel in files},
                 "adopted_from": source.uri,
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,21 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     before_search = names[: names.index("iter_1/search")]
     assert all(final[n]["ended"] == manifest["stages"][n]["ended"] for n in before_search)
     assert all(final[n]["ended"] > manifest["stages"][n]["ended"] for n in after_search)
+
+    # The run directory copied (`cp -r`: new modification times) and the original gone: the copy resumes
+    # with nothing redone, and a redone evaluation loads the copy's own checkpoint.
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved, copy_function=shutil.copyfile)
+    shutil.rmtree(run_dir)
+    moved_cfg = _cfg(tmp_path, data_dir, "moved")
+    moved_cfg.run.controls, moved_cfg.distributed.num_workers = cfg.run.controls, 0
+    run_pipeline(moved_cfg, restart_from="eval_control_targeted")
+    relocated = _manifest(moved)["stages"]
+    kept = names[: names.index("eval_control_targeted")]
+    assert {n: relocated[n]["ended"] for n in kept} == {n: final[n]["ended"] for n in kept}
+    assert relocated["eval_control_targeted"]["ended"] > final["eval_control_targeted"]["ended"]
+    evaluated = json.loads((moved / "control_targeted" / "eval.json").read_text())["model"]
+    assert evaluated == str(moved / "control_targeted" / "ckpt")
 
 
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):
@@ -388,7 +404,7 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     warmup = json.loads(fs.cat_file(f"{run}/warmup/ckpt/metrics.json"))["summary"]
     assert warmup["resumed_from_step"] is not None, "the crashed worker did not resume from the bucket"
     assert not fs.exists(f"{run}/warmup/ckpt/train_state"), "training state left after the stage"
-    assert fs.cat_file(f"{run}/model/base_path.txt").decode().strip() == f"{root}/s3/model/base"
+    assert fs.cat_file(f"{run}/model/base_path.txt").decode().strip() == "./model/base"  # in the run
 
     final = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
@@ -405,6 +421,27 @@ def test_object_store_run_root_survives_a_driver_kill(tmp_path, data_dir, ray_he
     uploaded = fs.cat_file(f"{run}/logs/itool.log").decode()
     assert "[1/" in uploaded and "report: finished" in uploaded, uploaded[-2000:]
     assert "iter_1/search: finished" in uploaded, "the killed run's lines were lost from the log"
+
+    # The run copied to another prefix and the original deleted: the copy resumes with nothing redone, and a
+    # redone evaluation loads the copy's checkpoint (and base model, for the tokenizer) from the copy.
+    fs.copy(run, f"{run}-moved", recursive=True)
+    fs.rm(run, recursive=True)
+    args[args.index("--run.name") + 1] = "s3-moved"
+    moved = subprocess.run(
+        [*args, "--restart-from", "eval_control"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    relocated = json.loads(fs.cat_file(f"{run}-moved/manifest.json"))["stages"]
+    kept = [n for n in after if n not in ("eval_control", "report")]
+    assert {n: relocated[n]["ended"] for n in kept} == {n: after[n]["ended"] for n in kept}
+    assert relocated["eval_control"]["ended"] > after["eval_control"]["ended"]
+    evaluated = json.loads(fs.cat_file(f"{run}-moved/control/eval.json"))["model"]
+    assert evaluated == f"{root}/s3-moved/control/ckpt"
 
 
 def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -49,21 +51,78 @@ def test_manifests_without_listings_fall_back_to_checksums(tmp_path):
     assert not run.stage_done("warmup")
 
 
-def test_a_variant_adopts_a_done_stage_copying_its_files_and_referencing_its_directories(tmp_path):
+def test_a_copied_run_directory_is_done_by_its_checksums_and_its_new_listing_is_kept(tmp_path, monkeypatch):
+    run = _finished(tmp_path)
+    # `cp -r` (no -p): the same bytes with new modification times; a stage must not be redone for that.
+    shutil.copytree(tmp_path / "run", tmp_path / "copy", copy_function=shutil.copyfile)
+    os.utime(tmp_path / "copy" / "warmup" / "ckpt" / "config.json", ns=(1, 1))
+    copy = RunDir(str(tmp_path / "copy"))
+    assert copy.listing_key("warmup/ckpt") != run.listing_key("warmup/ckpt")
+    assert copy.stage_done("warmup")
+    monkeypatch.setattr(RunDir, "checksum", lambda self, rel: pytest.fail("re-hashed " + rel))
+    assert copy.stage_done("warmup")  # the copy's listing was recorded: no second hashing
+    monkeypatch.undo()
+    # A copy whose bytes differ is not done, whatever its listing.
+    (tmp_path / "copy" / "warmup" / "ckpt" / "config.json").write_text("{ }")
+    assert not copy.stage_done("warmup")
+
+
+@pytest.mark.parametrize("root", ["local", "memory://runs/a"])
+def test_a_model_inside_the_run_is_referenced_relative_to_it(tmp_path, root):
+    run = RunDir(str(tmp_path / "a") if root == "local" else root)
+    inside = run.url("warmup", "ckpt")
+    assert run.model_ref(inside) == "./warmup/ckpt"
+    assert run.model_at("./warmup/ckpt") == inside
+    for elsewhere in ("HuggingFaceTB/SmolLM2-135M-Instruct", str(tmp_path / "models" / "m"), "s3://b/m"):
+        assert run.model_ref(elsewhere) == elsewhere
+        assert run.model_at(elsewhere) == elsewhere
+    assert run.model_ref(run.uri + "x/ckpt") == run.uri + "x/ckpt"  # a sibling that shares a prefix
+
+
+def _base_run(tmp_path) -> RunDir:
     base = RunDir(str(tmp_path / "base"))
     with base.stage("warmup") as st:
-        base.write_text("warmup/policy.txt", str(tmp_path / "base" / "warmup" / "ckpt") + "\n")
+        base.write_text("warmup/policy.txt", base.model_ref(base.url("warmup", "ckpt")) + "\n")
         (tmp_path / "base" / "warmup" / "ckpt").mkdir()
         (tmp_path / "base" / "warmup" / "ckpt" / "model.safetensors").write_bytes(b"w" * 1000)
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
         st.summary["trained_tokens"] = 7
+    return base
+
+
+def test_a_variant_adopts_a_done_stage_copying_its_files_and_referencing_its_directories(tmp_path):
+    base = _base_run(tmp_path)
     variant = RunDir(str(tmp_path / "base" / "compare" / "v"))
     variant.adopt("warmup", base)
     assert variant.stage_done("warmup")
     entry = variant.manifest()["stages"]["warmup"]
     assert entry["outputs"] == ["warmup/policy.txt"] and entry["adopted_from"] == base.uri
     assert entry["summary"] == {"trained_tokens": 7}
-    assert variant.read_text("warmup/policy.txt") == base.read_text("warmup/policy.txt")
+    # The variant's reference is rebased: it names the base run's checkpoint from the variant's directory.
+    assert variant.read_text("warmup/policy.txt") == "../../warmup/ckpt\n"
+    assert variant.model_at("../../warmup/ckpt") == base.url("warmup", "ckpt")
     assert not (tmp_path / "base" / "compare" / "v" / "warmup" / "ckpt").exists()  # not copied
     with pytest.raises(RunDirError, match="cannot share stage eval_warmup .*not done there"):
         variant.adopt("eval_warmup", base)
+
+    # The whole run copied (variants included) and the original gone: every reference names the copy.
+    shutil.copytree(tmp_path / "base", tmp_path / "moved", copy_function=shutil.copyfile)
+    shutil.rmtree(tmp_path / "base")
+    moved, moved_variant = RunDir(str(tmp_path / "moved")), RunDir(str(tmp_path / "moved" / "compare" / "v"))
+    assert moved.stage_done("warmup") and moved_variant.stage_done("warmup")
+    for run in (moved, moved_variant):
+        ckpt = run.model_at(run.read_text("warmup/policy.txt").strip())
+        assert (Path(ckpt) / "model.safetensors").read_bytes() == b"w" * 1000
+
+
+def test_a_reference_outside_the_base_run_is_adopted_as_it_is(tmp_path):
+    base = RunDir(str(tmp_path / "base"))
+    with base.stage("model") as st:
+        base.write_text("model/base_path.txt", str(tmp_path / "models" / "m") + "\n")
+        st.outputs.append("model/base_path.txt")
+    variant = RunDir(str(tmp_path / "elsewhere" / "v"))  # not under the base run: a relative path would break
+    variant.adopt("model", base)
+    assert variant.read_text("model/base_path.txt").strip() == str(tmp_path / "models" / "m")
+    _base_run(tmp_path)
+    variant.adopt("warmup", base)
+    assert variant.read_text("warmup/policy.txt").strip() == base.url("warmup", "ckpt")

@@ -265,9 +265,11 @@ class RunDir:
         when the model lies inside it, so a copied or moved run finds its own checkpoints; else the model as
         given (a path or URI elsewhere, a hub id)."""
         here, there = self._comparable(self.uri), self._comparable(model)
-        if there.startswith(here + "/"):
-            return "./" + there[len(here) + 1 :]
-        return model
+        if not there.startswith(here + "/"):
+            return model
+        if storage.is_local(model) and not os.path.exists(there):
+            return model  # not a path after all: a hub id that happens to look like one
+        return "./" + there[len(here) + 1 :]
 
     def model_at(self, ref: str) -> str:
         """The model a stored reference names: a relative one (``./``, ``../``) resolved against this run

@@ -71,6 +71,7 @@ def test_a_copied_run_directory_is_done_by_its_checksums_and_its_new_listing_is_
 def test_a_model_inside_the_run_is_referenced_relative_to_it(tmp_path, root):
     run = RunDir(str(tmp_path / "a") if root == "local" else root)
     inside = run.url("warmup", "ckpt")
+    run.write_text("warmup/ckpt/config.json", "{}")
     assert run.model_ref(inside) == "./warmup/ckpt"
     assert run.model_at("./warmup/ckpt") == inside
     for elsewhere in ("HuggingFaceTB/SmolLM2-135M-Instruct", str(tmp_path / "models" / "m"), "s3://b/m"):
@@ -79,12 +80,18 @@ def test_a_model_inside_the_run_is_referenced_relative_to_it(tmp_path, root):
     assert run.model_ref(run.uri + "x/ckpt") == run.uri + "x/ckpt"  # a sibling that shares a prefix
 
 
+def test_a_hub_id_that_looks_like_a_path_inside_the_run_stays_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir("HuggingFaceTB")  # run.root "." and run.name "HuggingFaceTB"
+    assert run.model_ref("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def _base_run(tmp_path) -> RunDir:
     base = RunDir(str(tmp_path / "base"))
     with base.stage("warmup") as st:
-        base.write_text("warmup/policy.txt", base.model_ref(base.url("warmup", "ckpt")) + "\n")
-        (tmp_path / "base" / "warmup" / "ckpt").mkdir()
+        (tmp_path / "base" / "warmup" / "ckpt").mkdir(parents=True)
         (tmp_path / "base" / "warmup" / "ckpt" / "model.safetensors").write_bytes(b"w" * 1000)
+        base.write_text("warmup/policy.txt", base.model_ref(base.url("warmup", "ckpt")) + "\n")
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
         st.summary["trained_tokens"] = 7
     return base

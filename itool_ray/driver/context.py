@@ -70,13 +70,13 @@ class Context:
         return self._samples[split]
 
     def base_model(self) -> str:
-        return self.run.model_at(self.run.read_text(self.layout.BASE_MODEL).strip())
+        return self.run.read_model(self.layout.BASE_MODEL)
 
     def policy_model(self, policy: str) -> str:
         """The model of a policy: the base model, or the checkpoint its training stage left (local or URI)."""
         if policy == BASE:
             return self.base_model()
-        return self.run.model_at(self.run.read_text(self.layout.policy_file(policy)).strip())
+        return self.run.read_model(self.layout.policy_file(policy))
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:

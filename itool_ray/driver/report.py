@@ -130,7 +130,7 @@ def _plot(run: RunDir, name: str, draw) -> str:
 
 def _train_steps(run: RunDir, policy_name: str) -> list[dict[str, Any]]:
     rel = RunLayout.policy_file(policy_name)
-    policy = run.model_at(run.read_text(rel).strip()) if run.exists(rel) else None
+    policy = run.read_model(rel) if run.exists(rel) else None
     if not policy:
         return []
     try:

@@ -271,6 +271,14 @@ class RunDir:
             return model  # not a path after all: a hub id that happens to look like one
         return "./" + there[len(here) + 1 :]
 
+    def write_model(self, rel: str, model: str) -> str:
+        """Write the file ``rel`` naming ``model`` (its reference, ``model_ref``)."""
+        return self.write_text(rel, self.model_ref(model) + "\n")
+
+    def read_model(self, rel: str) -> str:
+        """The model the file ``rel`` names (its reference resolved, ``model_at``)."""
+        return self.model_at(self.read_text(rel).strip())
+
     def model_at(self, ref: str) -> str:
         """The model a stored reference names: a relative one (``./``, ``../``) resolved against this run
         directory, anything else as it is."""

@@ -85,7 +85,7 @@ def stage_model(ctx: Context) -> None:
             storage.upload_dir(path, ctx.run.url(layout.BASE_UPLOAD))
             path = ctx.run.url(layout.BASE_UPLOAD)
             st.outputs.append(layout.BASE_UPLOAD)
-        ctx.run.write_text(layout.BASE_MODEL, ctx.run.model_ref(path) + "\n")
+        ctx.run.write_model(layout.BASE_MODEL, path)
         st.outputs.append(layout.BASE_MODEL)
         st.summary["base_model"] = path
 
@@ -173,7 +173,7 @@ def _train_summary(res: Any) -> dict[str, Any]:
 
 def _record_policy(ctx: Context, st: Any, policy: str, model_dir: str, *, checkpoint: bool = True) -> None:
     """A training stage's outputs: the file naming its model (and its checkpoint directory)."""
-    ctx.run.write_text(ctx.layout.policy_file(policy), ctx.run.model_ref(model_dir) + "\n")
+    ctx.run.write_model(ctx.layout.policy_file(policy), model_dir)
     st.outputs.append(ctx.layout.policy_file(policy))
     if checkpoint:
         st.outputs.append(ctx.layout.checkpoint(policy))

@@ -192,6 +192,15 @@ def _run_plan(
     run.write_text(RunLayout.CONFIG, cfg.to_yaml())
     if restart_from is not None:
         run.forget_from(names[names.index(restart_from) :])
+    on_driver = stages.base_model_on_driver_disk(run)
+    if on_driver:
+        log.warning(
+            "the base model is %s, on this machine's disk, and the run is on an object store (a local run "
+            "copied there?): the model stage is redone to upload it into %s, where every node can read it",
+            on_driver,
+            RunLayout.BASE_UPLOAD,
+        )
+        run.forget_from([RunLayout.MODEL_STAGE])
     if until is not None:
         plan = plan[: names.index(until) + 1]
         if redo:

@@ -19,7 +19,7 @@ from typing import Any
 
 from itool_ray.config import Config
 from itool_ray.driver.context import NOTHING, TRAIN, Context, PlanEntry, fleet_of
-from itool_ray.driver.rundir import BASE, WARMUP, RunLayout
+from itool_ray.driver.rundir import BASE, WARMUP, RunDir, RunLayout
 
 log = logging.getLogger("itool")
 
@@ -88,6 +88,22 @@ def stage_model(ctx: Context) -> None:
         ctx.run.write_model(layout.BASE_MODEL, path)
         st.outputs.append(layout.BASE_MODEL)
         st.summary["base_model"] = path
+
+
+def base_model_on_driver_disk(run: RunDir) -> str | None:
+    """The base model's path when a run on an object store names one on this machine's disk: a local run
+    (which does not upload its base model) copied or moved to the store. Nodes that share no disk with the
+    driver cannot read it, so the model stage is redone and uploads it. None otherwise."""
+    from itool_ray import storage
+
+    if run.local or not run.stage_done(RunLayout.MODEL_STAGE):
+        return None
+    base = run.read_model(RunLayout.BASE_MODEL)
+    if not storage.is_local(base):
+        return None
+    path = storage.local_path(base)
+    # A hub id ("org/name") is neither absolute nor a directory here: each node resolves it itself.
+    return base if os.path.isabs(path) or os.path.isdir(path) else None
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ def _manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, data_dir, ray_session):
+def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(
+    tmp_path, data_dir, ray_session, s3_server
+):
     cfg = _cfg(tmp_path, data_dir)
     cfg.run.controls = ["random", "targeted"]  # the default of every other preset
     cfg.distributed.num_workers = 0  # training in the driver (IN_DRIVER): seven training stages run here
@@ -133,6 +135,26 @@ def test_tiny_pipeline_runs_every_stage_and_resumes_without_redoing(tmp_path, da
     assert relocated["eval_control_targeted"]["ended"] > final["eval_control_targeted"]["ended"]
     evaluated = json.loads((moved / "control_targeted" / "eval.json").read_text())["model"]
     assert evaluated == str(moved / "control_targeted" / "ckpt")
+
+    # The copy uploaded to an object store (a local run keeps its base model on the driver's disk, where
+    # other nodes cannot read it): the model stage is redone and uploads the base model into the run; every
+    # other stage before the report is kept.
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    root = s3_server() + "/runs"
+    fs.put(str(moved) + "/", root[len("s3://") :] + "/moved/", recursive=True)
+    s3_cfg = load_config("tiny", ["--run.root", root, "--run.data_dir", data_dir, "--run.name", "moved"])
+    s3_cfg.run.controls, s3_cfg.distributed.num_workers = cfg.run.controls, 0
+    run_pipeline(s3_cfg, restart_from="report")
+    on_s3 = root[len("s3://") :] + "/moved"
+    uploaded = json.loads(fs.cat_file(f"{on_s3}/manifest.json"))["stages"]
+    assert fs.cat_file(f"{on_s3}/model/base_path.txt").decode().strip() == "./model/base"
+    assert fs.exists(f"{on_s3}/model/base/config.json")
+    assert uploaded["model"]["ended"] > relocated["model"]["ended"]
+    assert uploaded["model"]["outputs"] == [RunLayout.BASE_UPLOAD, RunLayout.BASE_MODEL]
+    kept = [n for n in names[: names.index("report")] if n != "model"]
+    assert {n: uploaded[n]["ended"] for n in kept} == {n: relocated[n]["ended"] for n in kept}
 
 
 def test_restart_from_redoes_that_stage_and_later_ones_only(tmp_path, data_dir, ray_session):

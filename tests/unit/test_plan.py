@@ -7,7 +7,7 @@ import pytest
 from itool_ray.config import load_config
 from itool_ray.driver.context import NOTHING, TRAIN, Context, fleet_of
 from itool_ray.driver.rundir import RunDir, RunLayout
-from itool_ray.driver.stages import plan
+from itool_ray.driver.stages import base_model_on_driver_disk, plan
 
 
 def _cfg(tmp_path, *extra: str):
@@ -61,3 +61,34 @@ def test_a_stage_that_did_not_declare_the_fleet_cannot_use_it(tmp_path):
     ctx.enter("iter_1/pairs", NOTHING)
     with pytest.raises(RuntimeError, match="does not declare"):
         _ = ctx.fleet
+
+
+def _model_stage_naming(run: RunDir, model: str) -> RunDir:
+    with run.stage(RunLayout.MODEL_STAGE) as st:
+        run.write_model(RunLayout.BASE_MODEL, model)
+        st.outputs.append(RunLayout.BASE_MODEL)
+    return run
+
+
+def test_a_run_on_an_object_store_naming_a_base_model_on_the_drivers_disk_redoes_the_model_stage(tmp_path):
+    on_disk = tmp_path / "models" / "base"
+    on_disk.mkdir(parents=True)
+    # A local run copied to an object store: its base model is a directory on the driver's disk.
+    moved = _model_stage_naming(RunDir("memory://plan-test/moved"), str(on_disk))
+    assert base_model_on_driver_disk(moved) == str(on_disk)
+    gone = _model_stage_naming(RunDir("memory://plan-test/gone"), str(tmp_path / "not-here"))
+    assert base_model_on_driver_disk(gone) == str(tmp_path / "not-here")  # absolute: a path, still not shared
+    # Nothing to redo: the base model inside the run, a hub id, a model on the store, a local run, no stage yet.
+    inside = RunDir("memory://plan-test/inside")
+    inside.write_text("model/base/config.json", "{}")
+    assert base_model_on_driver_disk(_model_stage_naming(inside, inside.url("model", "base"))) is None
+    assert inside.read_text(RunLayout.BASE_MODEL).strip() == "./model/base"
+    for name, model in (("hub", "HuggingFaceTB/SmolLM2-135M-Instruct"), ("store", "s3://bucket/models/m")):
+        assert (
+            base_model_on_driver_disk(_model_stage_naming(RunDir(f"memory://plan-test/{name}"), model))
+            is None
+        )
+    assert (
+        base_model_on_driver_disk(_model_stage_naming(RunDir(str(tmp_path / "local")), str(on_disk))) is None
+    )
+    assert base_model_on_driver_disk(RunDir("memory://plan-test/fresh")) is None

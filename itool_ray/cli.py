@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser("eval", parents=[cfgp], help="evaluate a checkpoint on held-out samples or BFCL")
-    ev.add_argument("--model", required=True, help="checkpoint directory")
+    ev.add_argument(
+        "--model", required=True, help="a checkpoint directory or URI (a run's <policy>/ckpt), or a hub id"
+    )
     ev.add_argument(
         "--data", required=True, help="a Samples file/spec, or bfcl:CATEGORIES (e.g. bfcl:simple,multiple)"
     )
@@ -244,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_model(args, cfg)
         if args.command in ("run", "warmup"):
             from itool_ray.driver.pipeline import run_pipeline
-            from itool_ray.driver.report import collect_results, intervals_table, results_table, stage_rows
+            from itool_ray.driver.report import (
+                collect_results,
+                cost_table,
+                intervals_table,
+                results_table,
+                stage_rows,
+            )
 
             until = RunLayout.eval_stage(WARMUP) if args.command == "warmup" else None
             run = run_pipeline(cfg, restart_from=getattr(args, "restart_from", None), until=until)
@@ -257,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 name = "BFCL" if bench == "bfcl" else "held-out"
                 print(f"\nPaired differences, {name} (points, 95% interval; * excludes zero):\n")
                 print(intervals_table(ivs))
+            cost = cost_table(run.manifest()["stages"], cfg)
+            if cost:
+                print("\nTraining cost (the iterations' extra columns: what the method spends beyond SFT):\n")
+                print(cost)
             print(f"\nrun directory: {run.uri}  (wall time {results['wall_s'] / 60:.1f} min)")
             return 0
         if args.command == "iterate":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -117,11 +118,40 @@ def quiet_library_loggers() -> None:
         logger.propagate = True
 
 
+class RunLogFile(logging.FileHandler):
+    """The run's log file. A write that fails (a full disk) is one line on stderr, once, and the file takes
+    nothing more: the console goes on, and the run directory's own writes stop the run with ``cannot write``
+    where a write matters. (logging's default prints a traceback for every record it cannot write.)"""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.fail(sys.exc_info()[1])
+
+    def fail(self, error: BaseException | None) -> None:
+        if not self.failed:
+            self.failed = True
+            reason = getattr(error, "strerror", None) or error
+            sys.stderr.write(
+                f"itool: cannot write the log file {self.baseFilename}: {reason}; not logging to it\n"
+            )
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:  # the last buffered lines could not be flushed either
+            self.fail(e)
+
+
 def log_to_file(path: str) -> logging.Handler:
     """Send every record (INFO up; DEBUG up when verbose) to ``path`` as well, replacing an earlier log file; returns the handler."""
     global _file_handler
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = RunLogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     handler.setLevel(logging.DEBUG if verbose() else logging.INFO)
     root = logging.getLogger()
@@ -147,12 +177,15 @@ def write_worker_lines(prefix: str, lines: list[str]) -> None:
     """Append forwarded worker lines to the log file (when there is one)."""
     with _lock:
         handler = _file_handler
-        if not isinstance(handler, logging.FileHandler) or handler.stream is None:
+        if not isinstance(handler, RunLogFile) or handler.stream is None or handler.failed:
             return
         stream: TextIO = handler.stream
-        for line in lines:
-            stream.write(f"{prefix} {line}\n")
-        stream.flush()
+        try:
+            for line in lines:
+                stream.write(f"{prefix} {line}\n")
+            stream.flush()
+        except OSError as e:
+            handler.fail(e)
 
 
 def route_worker_lines(print_batch: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:

@@ -145,18 +145,10 @@ def _copy_into(src: Path, f: IO[bytes]) -> None:
 
 
 def upload_dir(local_dir: str, uri: str) -> None:
-    """Copy the files of ``local_dir`` into ``uri`` (files already there with other names are kept)."""
-    if is_local(uri):
-        target = local_path(uri)
-        for src in sorted(Path(local_dir).rglob("*")):
-            if src.is_file():
-                dst = os.path.join(target, str(src.relative_to(local_dir)))
-                write_local_atomic(dst, lambda f, src=src: _copy_into(src, f))
-        return
-    fs, path = filesystem(uri)
-    for src in sorted(Path(local_dir).rglob("*")):
-        if src.is_file():
-            fs.put_file(str(src), f"{path}/{src.relative_to(local_dir).as_posix()}")
+    """Copy the files of ``local_dir`` into ``uri`` (files already there with other names are kept).
+
+    A failure is a StorageError naming ``uri`` and takes back the files this call had already placed."""
+    _place_files(local_dir, uri, move=False)
 
 
 def publish_dir(local_dir: str, uri: str) -> None:
@@ -166,6 +158,11 @@ def publish_dir(local_dir: str, uri: str) -> None:
 
     A failure (a full disk) is a StorageError naming ``uri`` and takes back the files this call had already
     placed, so a reader never finds half a model."""
+    _place_files(local_dir, uri, move=True)
+    shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _place_files(local_dir: str, uri: str, *, move: bool) -> None:
     placed: list[str] = []
     try:
         if is_local(uri):
@@ -173,13 +170,8 @@ def publish_dir(local_dir: str, uri: str) -> None:
             for src in sorted(Path(local_dir).rglob("*")):
                 if src.is_file():
                     dst = target / src.relative_to(local_dir)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
                     placed.append(str(dst))
-                    try:
-                        os.replace(src, dst)
-                    except OSError as e:
-                        if e.errno != errno.EXDEV:
-                            raise
+                    if not (move and _rename(src, dst)):
                         write_local_atomic(str(dst), lambda f, src=src: _copy_into(src, f))
         else:
             fs, path = filesystem(uri)
@@ -190,7 +182,18 @@ def publish_dir(local_dir: str, uri: str) -> None:
     except OSError as e:
         _take_back(uri, placed)
         raise StorageError(f"cannot write {uri}: {e.strerror or e}") from None
-    shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _rename(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst``; False when they lie on different filesystems (then it is to be copied)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        return False
+    return True
 
 
 def _take_back(uri: str, placed: list[str]) -> None:

@@ -156,7 +156,10 @@ def _open_log_file(run: RunDir) -> str:
     else:
         digest = hashlib.sha256(run.uri.encode()).hexdigest()[:16]
         path = str(storage.cache_dir() / "logs" / f"{digest}.log")
-    logs.log_to_file(path)
+    try:
+        logs.log_to_file(path)
+    except OSError as e:  # the run directory cannot be written: say so before anything starts
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
     where = path if run.local else f"{run.url(RunLayout.LOG)} (uploaded when the run ends)"
     log.info("log file: %s (library output%s)", where, "" if logs.verbose() else "; -v shows it here too")
     return path
@@ -231,7 +234,7 @@ def _run_plan(
                 fn(ctx)
             except _expected_failures() as e:
                 raise StageFailed(
-                    f"stage {name} failed: {e}\n(fix it, then re-run the same command: completed "
+                    f"stage {name} failed: {e} (fix it, then re-run the same command: completed "
                     "stages are kept)"
                 ) from e
             running = None

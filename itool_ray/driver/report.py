@@ -155,9 +155,15 @@ def _interval_section(results: dict[str, Any]) -> list[str]:
 
 
 def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
-    """What each training stage cost: trained tokens, optimizer steps, samples or pairs, learning rate, and
-    for the iterations what the method adds: the reference model's forward tokens (DPO), the tokens the
-    policy generated while mining and searching, and the ground-truth tokens mining scored."""
+    table = cost_table(stages, cfg)
+    return ["## Training cost", "", table, ""] if table else []
+
+
+def cost_table(stages: dict[str, Any], cfg: Config) -> str:
+    """What each training stage cost (a markdown table; empty before any training): trained tokens, optimizer
+    steps, samples or pairs, learning rate, and for the iterations what the method adds: the reference
+    model's forward tokens (DPO), the tokens the policy generated while mining and searching, and the
+    ground-truth tokens mining scored."""
     layout = RunLayout.of(cfg)
     rows: list[tuple[str, str, float, int | None]] = [
         (WARMUP, layout.train_stage(WARMUP), cfg.warmup.lr, None)
@@ -168,8 +174,6 @@ def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
     ]
     rows += [(c, layout.train_stage(c), cfg.warmup.lr, None) for c in layout.controls]
     lines = [
-        "## Training cost",
-        "",
         "| stage | trained tokens | optimizer steps | samples / pairs | lr | reference forward tokens "
         "| mining generated tokens | search generated tokens | mining scored tokens |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -189,7 +193,7 @@ def _cost_section(stages: dict[str, Any], cfg: Config) -> list[str]:
             f"| {lr:g} | {ref} | {mine.get('generated_tokens', '–')} | {search.get('generated_tokens', '–')} "
             f"| {mine.get('scored_tokens', '–')} |"
         )
-    return [*lines, ""] if len(lines) > 4 else []
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def write_report(run: RunDir, cfg: Config) -> dict[str, Any]:

@@ -261,3 +261,35 @@ def test_auto_kind_picks_vllm_when_installed():
 def test_unknown_kind_is_an_engine_error():
     with pytest.raises(EngineError, match="expected one of"):
         resolve_kind("llamacpp")
+
+
+@pytest.mark.parametrize("where", ["directory", "s3"])
+def test_itool_eval_scores_a_checkpoint_directory_or_uri(
+    where, tiny_model_dir, data_dir, s3_server, tmp_path, capsys, monkeypatch
+):
+    """`itool eval --model` takes a run's checkpoint as a directory or as an object-store URI (fetched into
+    the node cache), on held-out samples and on BFCL."""
+    import json
+
+    from itool_ray import storage
+    from itool_ray.cli import main
+
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    model = tiny_model_dir
+    if where == "s3":
+        model = s3_server() + "/runs/r/warmup/ckpt"
+        storage.upload_dir(tiny_model_dir, model)
+    common = ["--config", "tiny", "--engine.kind", "hf", "--run.data_dir", data_dir, "--model", model]
+    heldout, bfcl = tmp_path / "heldout.json", tmp_path / "bfcl.json"
+    assert (
+        main(["eval", *common, "--data", "synthetic:dev:procedural", "--limit", "6", "--out", str(heldout)])
+        == 0
+    )
+    assert (
+        main(["eval", *common, "--data", "bfcl:simple,irrelevance", "--limit", "2", "--out", str(bfcl)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "overall" in out and f"wrote {bfcl}" in out
+    for path, n in ((heldout, 6), (bfcl, 4)):
+        res = json.loads(path.read_text())
+        assert len(res["records"]) == n and 0.0 <= res["accuracy"]["overall"] <= 1.0, res["accuracy"]

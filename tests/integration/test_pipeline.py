@@ -328,6 +328,12 @@ def test_ray_job_submit_runs_the_tiny_pipeline(tmp_path, data_dir, ray_head):
         time.sleep(5)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()
+    for table in (
+        "Held-out accuracy",
+        "Paired differences, held-out",
+        "Training cost",
+    ):  # the driver's console
+        assert table in out.stdout, (table, out.stdout[-3000:])
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert {"base", "warmup", "iter_1", "control"} <= set(results)
 

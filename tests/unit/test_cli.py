@@ -59,8 +59,27 @@ def test_user_errors_on_stages_and_models_are_one_line_not_tracebacks(tmp_path, 
     for argv, named in cases:
         assert main(argv) == EXIT_USAGE, argv
         err = capsys.readouterr().err
-        assert err.startswith("itool: ") and named in err and "Traceback" not in err, (argv, err)
+        assert err.startswith("itool: ") and named in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "tiny" / "config.yaml").exists(), "a refused command wrote to the run directory"
+
+
+def test_a_missing_model_in_a_run_is_one_line_naming_the_stage(tmp_path, capsys, ray_session):
+    missing = str(tmp_path / "no-such-model")
+    argv = ["run", "--config", "tiny", "--run.root", str(tmp_path), "--model.name_or_path", missing]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("itool: ")] == [err[-1]]
+    assert err[-1].startswith("itool: stage model failed: ") and missing in err[-1] and "re-run" in err[-1]
+    assert not [line for line in err if "Traceback" in line]
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line_before_anything_starts(tmp_path, capsys):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "logs").write_text("a file where the run's logs directory goes")
+    assert main(["run", "--config", "tiny", "--run.root", str(tmp_path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == f"itool: cannot write {tmp_path / 'tiny' / 'logs' / 'itool.log'}: File exists\n"
+    assert not (tmp_path / "tiny" / "manifest.json").exists()
 
 
 def test_a_bug_inside_a_stage_keeps_its_traceback(tmp_path, monkeypatch, ray_session):

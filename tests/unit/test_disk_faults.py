@@ -136,7 +136,8 @@ def test_mining_output_on_a_full_disk_names_the_path_and_leaves_nothing_partial(
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a second filesystem (/dev/shm)")
-def test_publishing_a_model_across_filesystems_on_a_full_disk_leaves_no_part_of_it(tmp_path):
+@pytest.mark.parametrize("place", ["publish_dir", "upload_dir"])  # a model export; the base model's upload
+def test_publishing_a_model_across_filesystems_on_a_full_disk_leaves_no_part_of_it(tmp_path, place):
     """The export is written in node scratch space (here tmpfs) and copied into the run directory on another
     filesystem; the copy of the weights fails: the files already placed are taken back."""
     import shutil
@@ -152,9 +153,9 @@ def test_publishing_a_model_across_filesystems_on_a_full_disk_leaves_no_part_of_
         (target / "metrics.json").write_text("{}")  # written before: kept
         script = textwrap.dedent(
             f"""
-            from itool_ray.storage import StorageError, publish_dir
+            from itool_ray.storage import StorageError, {place}
             try:
-                publish_dir({str(src)!r}, {str(target)!r})
+                {place}({str(src)!r}, {str(target)!r})
             except StorageError as e:
                 print("ERROR", e)
             """

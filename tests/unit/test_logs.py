@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -127,3 +128,20 @@ def test_library_records_reach_the_file_but_not_the_console(log_file, capsys, mo
     assert "engine configuration: 3 KB of it" in text
     assert "[1/3] data ..." in text
     assert "a library warning" in text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (every write: no space left)")
+def test_a_log_file_on_a_full_disk_is_one_line_once_not_a_traceback_per_record(capsys):
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        root.handlers, root.level = [], logging.INFO
+        logs.log_to_file("/dev/full")
+        for i in range(3):
+            logging.getLogger("itool").info("record %d", i)
+        logs.write_worker_lines("(PolicyReplica pid=9)", ["a worker line"])
+    finally:
+        logs.close_log_file()
+        root.handlers, root.level = saved
+    err = capsys.readouterr().err
+    assert err == "itool: cannot write the log file /dev/full: No space left on device; not logging to it\n"

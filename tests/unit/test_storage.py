@@ -86,6 +86,27 @@ def test_publish_and_upload_dir(memfs, tmp_path):
     assert not storage.exists("memory://runs/x/ckpt/config.json")
 
 
+def test_an_upload_that_fails_takes_back_what_it_placed(memfs, tmp_path, monkeypatch):
+    src = tmp_path / "base"
+    src.mkdir()
+    for name in ("a.json", "b.json", "c.bin"):
+        (src / name).write_text(name)
+    memfs.pipe_file("runs/y/model/base/keep.txt", b"k")  # there before: kept
+    put = memfs.put_file
+
+    def put_until_full(lpath, rpath, **kw):
+        if rpath.endswith("c.bin"):
+            raise OSError(28, "No space left on device")
+        return put(lpath, rpath, **kw)
+
+    monkeypatch.setattr(memfs, "put_file", put_until_full)
+    with pytest.raises(storage.StorageError) as e:
+        storage.upload_dir(str(src), "memory://runs/y/model/base")
+    assert str(e.value) == "cannot write memory://runs/y/model/base: No space left on device"
+    assert sorted(p.rsplit("/", 1)[1] for p in memfs.find("runs/y")) == ["keep.txt"]
+    assert sorted(p.name for p in src.iterdir()) == ["a.json", "b.json", "c.bin"]  # the source is kept
+
+
 def test_a_protocol_without_its_driver_names_the_cloud_extra():
     with pytest.raises(storage.StorageError) as e:
         storage.filesystem("abfs://container/runs")

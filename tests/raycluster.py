@@ -33,16 +33,14 @@ class Node:
     temp: str
     env: dict[str, str]
 
-    def stop(self, grace_s: float = 3.0) -> None:
+    def stop(self) -> None:
         """Stop the node's whole process group (its raylet, GCS, dashboard and workers are all in it):
-        SIGTERM, then SIGKILL after ``grace_s``. A test's teardown needs nothing of a graceful shutdown, which
-        takes ≈ 33 s here (the GCS alone ≈ 30 s)."""
+        SIGTERM, then SIGKILL after 3 s. A test's teardown needs nothing of a graceful shutdown, which takes
+        ≈ 33 s here (the GCS alone ≈ 30 s)."""
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
+            self.proc.wait(timeout=3)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
             pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # what is left of the group

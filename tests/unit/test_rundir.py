@@ -91,7 +91,7 @@ def _base_run(tmp_path) -> RunDir:
     with base.stage("warmup") as st:
         (tmp_path / "base" / "warmup" / "ckpt").mkdir(parents=True)
         (tmp_path / "base" / "warmup" / "ckpt" / "model.safetensors").write_bytes(b"w" * 1000)
-        base.write_text("warmup/policy.txt", base.model_ref(base.url("warmup", "ckpt")) + "\n")
+        base.write_model("warmup/policy.txt", base.url("warmup", "ckpt"))
         st.outputs += ["warmup/policy.txt", "warmup/ckpt"]
         st.summary["trained_tokens"] = 7
     return base

@@ -265,30 +265,40 @@ def test_unknown_kind_is_an_engine_error():
 
 @pytest.mark.parametrize("where", ["directory", "s3"])
 def test_itool_eval_scores_a_checkpoint_directory_or_uri(
-    where, tiny_model_dir, data_dir, s3_server, tmp_path, capsys, monkeypatch
+    where, tiny_model_dir, data_dir, s3_server, tmp_path
 ):
     """`itool eval --model` takes a run's checkpoint as a directory or as an object-store URI (fetched into
-    the node cache), on held-out samples and on BFCL."""
+    the node cache), on held-out samples and on BFCL. Run as the command (a process of its own): in pytest's
+    process it would leave its environment (vLLM's logging settings) to every Ray node started later."""
     import json
+    import os
+    import subprocess
+    import sys
 
     from itool_ray import storage
-    from itool_ray.cli import main
 
-    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
     model = tiny_model_dir
     if where == "s3":
         model = s3_server() + "/runs/r/warmup/ckpt"
         storage.upload_dir(tiny_model_dir, model)
-    common = ["--config", "tiny", "--engine.kind", "hf", "--run.data_dir", data_dir, "--model", model]
+    itool = [str(Path(sys.executable).parent / "itool"), "eval", "--config", "tiny", "--engine.kind", "hf"]
+    common = [*itool, "--run.data_dir", data_dir, "--model", model]
+    env = {**os.environ, storage.CACHE_ENV: str(tmp_path / "cache")}
     heldout, bfcl = tmp_path / "heldout.json", tmp_path / "bfcl.json"
-    assert (
-        main(["eval", *common, "--data", "synthetic:dev:procedural", "--limit", "6", "--out", str(heldout)])
-        == 0
-    )
-    assert (
-        main(["eval", *common, "--data", "bfcl:simple,irrelevance", "--limit", "2", "--out", str(bfcl)]) == 0
-    )
-    out = capsys.readouterr().out
+    out = ""
+    for data, limit, path in (
+        ("synthetic:dev:procedural", "6", heldout),
+        ("bfcl:simple,irrelevance", "2", bfcl),
+    ):
+        proc = subprocess.run(
+            [*common, "--data", data, "--limit", limit, "--out", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out += proc.stdout
     assert "overall" in out and f"wrote {bfcl}" in out
     for path, n in ((heldout, 6), (bfcl, 4)):
         res = json.loads(path.read_text())

@@ -165,7 +165,10 @@ class RunLayout:
 
 class RunDir:
     def __init__(self, uri: str):
-        self.uri = uri.rstrip("/")
+        # A relative local root ("runs", the default) is made absolute here: model references resolved
+        # against it (``model_at``) go to training workers and replicas, whose working directory is not the
+        # driver's.
+        self.uri = os.path.abspath(os.path.expanduser(uri)) if "://" not in uri else uri.rstrip("/")
         try:
             self.fs, self.root = storage.filesystem(self.uri)
         except storage.StorageError as e:

@@ -80,6 +80,18 @@ def test_a_model_inside_the_run_is_referenced_relative_to_it(tmp_path, root):
     assert run.model_ref(run.uri + "x/ckpt") == run.uri + "x/ckpt"  # a sibling that shares a prefix
 
 
+def test_a_relative_run_root_resolves_references_to_absolute_paths(tmp_path, monkeypatch):
+    """The default run.root is "runs": the models it names go to training workers and replicas, which do
+    not share the driver's working directory (the README's quickstart failed at its first DPO on this)."""
+    monkeypatch.chdir(tmp_path)
+    run = RunDir("runs/quickstart")
+    run.write_text("warmup/ckpt/config.json", "{}")
+    run.write_model("warmup/policy.txt", run.url("warmup", "ckpt"))
+    assert run.read_text("warmup/policy.txt").strip() == "./warmup/ckpt"
+    assert run.read_model("warmup/policy.txt") == str(tmp_path / "runs" / "quickstart" / "warmup" / "ckpt")
+    assert run.url("data") == str(tmp_path / "runs" / "quickstart" / "data")
+
+
 def test_a_hub_id_that_looks_like_a_path_inside_the_run_stays_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = RunDir("HuggingFaceTB")  # run.root "." and run.name "HuggingFaceTB"

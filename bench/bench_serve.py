@@ -92,7 +92,7 @@ def main() -> int:
     steady, overload = rows
     ok = (
         set(steady["status"]) == {"200"}
-        and set(overload["status"]) <= {"200", "429", "503"}
+        and set(overload["status"]) <= {"200", "429"}
         and health == 200
         and set(after["status"]) == {"200"}
     )

@@ -212,10 +212,12 @@ def ray_head():
 IN_DRIVER = ["--distributed.num_workers", "0"]
 
 
-def _driver_args(tmp_path: Path, data_dir: str, name: str, *extra: str) -> list[str]:
-    """The tiny pipeline's job entry script, as `ray job submit` would run it."""
+def _driver_args(tmp_path: Path, data_dir: str, name: str, *extra: str, root: str | None = None) -> list[str]:
+    """The tiny pipeline's job entry script, as `ray job submit` would run it; ``root`` a run root relative
+    to the driver's working directory (``tmp_path``), as the README's default ``runs`` is."""
     args = [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--config", "tiny"]
-    return args + ["--run.root", str(tmp_path), "--run.data_dir", data_dir, "--run.name", name, *extra]
+    root = str(tmp_path) if root is None else root
+    return args + ["--run.root", root, "--run.data_dir", data_dir, "--run.name", name, *extra]
 
 
 def _driver_env(head: dict) -> dict:
@@ -496,17 +498,29 @@ def test_perplexity_buckets_score_the_train_set_with_the_base_model_then_warm_up
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_training_resumes_from_the_last_checkpoint(tmp_path, data_dir, ray_head):
-    """SIGKILL the driver while the warm-up is training, after a checkpoint; the re-run's warm-up resumes
-    from it instead of starting over."""
-    args = _driver_args(tmp_path, data_dir, "midtrain")
-    args += ["--distributed.checkpoint_every_steps", "1", "--warmup.epochs", "4", "--run.iterations", "0"]
-    run_dir = tmp_path / "midtrain"
+@pytest.mark.parametrize(
+    ("stage", "policy", "extra"),
+    [
+        ("warmup", "warmup", ["--warmup.epochs", "4", "--run.iterations", "0"]),
+        ("iter_1/train", "iter_1", ["--train.epochs", "8", "--run.controls", "[]"]),
+    ],
+    ids=["warmup", "dpo"],
+)
+def test_driver_killed_mid_training_resumes_from_the_last_checkpoint(
+    tmp_path, data_dir, ray_head, stage, policy, extra
+):
+    """SIGKILL the driver while a training stage (the warm-up's SFT, an iteration's DPO) runs, after a
+    checkpoint; the re-run's stage resumes from it instead of starting over. The run root is relative, as
+    the README's is: the training workers, whose working directory is not the driver's, still find the
+    models it names."""
+    args = _driver_args(tmp_path, data_dir, "midtrain", root="runs")
+    args += ["--distributed.checkpoint_every_steps", "1", *extra]
+    run_dir = tmp_path / "runs" / "midtrain"
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(
         args, env=_driver_env(ray_head), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
     )
-    train_dir = run_dir / "warmup" / "ckpt" / "train_state" / "train"
+    train_dir = run_dir / policy / "ckpt" / "train_state" / "train"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if len(list(train_dir.glob("checkpoint_*"))) >= 2:
@@ -515,14 +529,15 @@ def test_driver_killed_mid_training_resumes_from_the_last_checkpoint(tmp_path, d
     assert proc.poll() is None, f"the driver ended first:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _manifest(run_dir)["stages"]["warmup"]["status"] == "running"
+    assert _manifest(run_dir)["stages"][stage]["status"] == "running"
 
     rerun = subprocess.run(
         args, env=_driver_env(ray_head), capture_output=True, text=True, cwd=tmp_path, timeout=900
     )
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    metrics = json.loads((run_dir / "warmup" / "ckpt" / "metrics.json").read_text())["summary"]
+    metrics = json.loads((run_dir / policy / "ckpt" / "metrics.json").read_text())["summary"]
     assert metrics["resumed_from_step"] and metrics["resumed_from_step"] >= 1, metrics
+    assert not (run_dir / policy / "ckpt" / "train_state").exists()  # removed once the stage is done
 
 
 @pytest.mark.slow

@@ -185,7 +185,7 @@ def test_load_at_the_configured_concurrency_has_no_errors_and_overload_gets_429(
     steady = _load(server, clients=1, seconds=5)  # serve.max_concurrency is 1 here
     assert steady["ok"] >= 1 and steady["status"] == {"200": steady["ok"]}, steady
     overload = _load(server, clients=8, seconds=5)
-    assert set(overload["status"]) <= {"200", "429", "503"}, overload  # no 5xx crash, no dropped connection
+    assert set(overload["status"]) <= {"200", "429"}, overload  # no 5xx, no dropped connection
     assert overload["ok"] >= 1 and overload["status"].get("429", 0) >= 1, overload
     assert requests.get(f"{server}/health", timeout=10).status_code == 200
 

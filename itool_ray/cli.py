@@ -175,30 +175,34 @@ def _cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
         if args.data.startswith("bfcl:"):
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            res = evaluate_bfcl(
-                args.data[5:].split(","),
-                engine,
-                tokenizer,
-                max_tokens=cfg.eval.max_tokens,
-                batch_size=cfg.eval.batch_size,
-                limit=args.limit,
-                max_model_len=cfg.engine.max_model_len,
-            )
+            with logs.progress_bar(None, "eval: BFCL") as bar:
+                res = evaluate_bfcl(
+                    args.data[5:].split(","),
+                    engine,
+                    tokenizer,
+                    max_tokens=cfg.eval.max_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    limit=args.limit,
+                    progress=bar.update,
+                    max_model_len=cfg.engine.max_model_len,
+                )
         else:
             from itool_ray.data.loaders import load_samples
             from itool_ray.eval.heldout import evaluate_samples
 
             samples, report = load_samples(args.data, strict=cfg.data.strict, limit=args.limit)
             print(report.summary())
-            res = evaluate_samples(
-                samples,
-                engine,
-                tokenizer,
-                style=cfg.data.prompt_style,
-                max_tokens=cfg.eval.max_tokens,
-                batch_size=cfg.eval.batch_size,
-                max_model_len=cfg.engine.max_model_len,
-            )
+            with logs.progress_bar(len(samples), "eval: samples") as bar:
+                res = evaluate_samples(
+                    samples,
+                    engine,
+                    tokenizer,
+                    style=cfg.data.prompt_style,
+                    max_tokens=cfg.eval.max_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    progress=bar.update,
+                    max_model_len=cfg.engine.max_model_len,
+                )
     finally:
         engine.close()
     print(results_table({"accuracy": res.accuracy}))

@@ -49,6 +49,14 @@ _LIBRARY_LINE = re.compile(
 _ANSI = re.compile(r"\x1b\[[\d;]*m")
 
 
+def progress_bar(total: int | None, desc: str) -> Any:
+    """The console's progress bar for a long step (``with progress_bar(n, "name") as bar: ...
+    bar.update(k)``): on stderr, cleared when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, leave=False)
+
+
 def is_library_output(line: str) -> bool:
     """True for a line a library wrote below ERROR (a log record, a warning, a progress bar): it goes to the
     log file, not to the console. Errors, tracebacks and the project's own lines are not library output."""

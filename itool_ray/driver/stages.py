@@ -20,14 +20,9 @@ from typing import Any
 from itool_ray.config import Config
 from itool_ray.driver.context import NOTHING, TRAIN, Context, PlanEntry, fleet_of
 from itool_ray.driver.rundir import BASE, WARMUP, RunDir, RunLayout
+from itool_ray.logs import progress_bar
 
 log = logging.getLogger("itool")
-
-
-def _bar(total: int | None, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, leave=False)
 
 
 # -- data and model ------------------------------------------------------------------------------------------
@@ -115,7 +110,7 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
     with ctx.run.stage(name) as st:
         pool = ctx.fleet
         heldout = ctx.samples("heldout")
-        with _bar(len(heldout), f"{name}: held-out") as bar:
+        with progress_bar(len(heldout), f"{name}: held-out") as bar:
             res = evaluate_samples(
                 heldout,
                 pool,
@@ -130,7 +125,7 @@ def stage_evaluate(ctx: Context, policy: str) -> None:
         if cfg.eval.bfcl_categories:
             from itool_ray.eval.bfcl import evaluate_bfcl
 
-            with _bar(None, f"{name}: BFCL") as bar:
+            with progress_bar(None, f"{name}: BFCL") as bar:
                 bres = evaluate_bfcl(
                     cfg.eval.bfcl_categories,
                     pool,
@@ -220,7 +215,7 @@ def stage_mine(ctx: Context, k: int) -> None:
     layout = ctx.layout
     name = layout.step(k, "mine")
     with ctx.run.stage(name) as st:
-        with _bar(len(ctx.samples("train")), f"{name}: samples") as bar:
+        with progress_bar(len(ctx.samples("train")), f"{name}: samples") as bar:
             summary = run_mining(
                 ctx.run.url(layout.split("train")),
                 fleet=ctx.fleet,
@@ -278,7 +273,7 @@ def stage_search(ctx: Context, k: int) -> None:
             pool = ctx.fleet
             # Trees advance together: the bar counts simulations, so its rate and ETA mean something
             # from the first wave on; the postfix counts finished trees.
-            with _bar(len(tasks) * ctx.cfg.mcts.simulations, f"{name}: simulations") as bar:
+            with progress_bar(len(tasks) * ctx.cfg.mcts.simulations, f"{name}: simulations") as bar:
                 trees_finished = [0]
 
                 def tree_done(tree: Any) -> None:

@@ -286,9 +286,9 @@ def test_itool_eval_scores_a_checkpoint_directory_or_uri(
     env = {**os.environ, storage.CACHE_ENV: str(tmp_path / "cache")}
     heldout, bfcl = tmp_path / "heldout.json", tmp_path / "bfcl.json"
     out = ""
-    for data, limit, path in (
-        ("synthetic:dev:procedural", "6", heldout),
-        ("bfcl:simple,irrelevance", "2", bfcl),
+    for data, limit, path, bar in (
+        ("synthetic:dev:procedural", "6", heldout, "eval: samples"),
+        ("bfcl:simple,irrelevance", "2", bfcl, "eval: BFCL"),
     ):
         proc = subprocess.run(
             [*common, "--data", data, "--limit", limit, "--out", str(path)],
@@ -298,6 +298,7 @@ def test_itool_eval_scores_a_checkpoint_directory_or_uri(
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert bar in proc.stderr, proc.stderr[-3000:]  # the progress bar of a long evaluation
         out += proc.stdout
     assert "overall" in out and f"wrote {bfcl}" in out
     for path, n in ((heldout, 6), (bfcl, 4)):
